@@ -1,0 +1,41 @@
+"""vmboot-assets: build (once) and print the paths of what vmboot needs.
+
+    vmboot-assets firmware [--flavour release|debug]   CloudHv firmware (both flavours are built)
+    vmboot-assets unicorn                              the patched Unicorn wheel
+    vmboot-assets guest                                guest disk images for boot tests
+
+Paths go to stdout, progress to stderr. Results are cached under
+~/.cache/vmboot (or $VMBOOT_CACHE), keyed by their inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.errors import VmbootError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vmboot-assets", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    fw = sub.add_parser("firmware", help="build EDK2 CloudHv (RELEASE and DEBUG) from Debian's edk2 source")
+    fw.add_argument("--flavour", choices=("release", "debug"), default="release")
+    sub.add_parser("unicorn", help="build the patched Unicorn 2.1.4 wheel")
+    args = p.parse_args(argv)
+    try:
+        if args.what == "firmware":
+            from .firmware import firmware_path
+            print(firmware_path(args.flavour))
+        elif args.what == "unicorn":
+            from .unicorn_build import wheel_path
+            print(wheel_path())
+    except VmbootError as err:
+        print(f"vmboot-assets: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
