@@ -3,16 +3,16 @@
 ``core/`` becomes ``vmboot.core``, ``devices/`` becomes ``vmboot.devices`` and so on,
 so nothing is ever installed as a bare ``core`` or ``devices`` package.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
-FOLDERS = ("core", "devices", "ipc", "assets", "policies", "tests", "bench")
+FOLDERS = ("core", "devices", "ipc", "assets", "launcher", "policies", "tests", "bench")
 
 packages: list[str] = []
 package_dir: dict[str, str] = {}
 for folder in FOLDERS:
     package_dir[f"vmboot.{folder}"] = folder
     packages.append(f"vmboot.{folder}")
-    packages += [f"vmboot.{folder}.{sub}" for sub in find_packages(folder)]
+    packages += [f"vmboot.{folder}.{sub}" for sub in find_namespace_packages(folder, exclude=["*__pycache__*"])]
 
 setup(
     packages=packages,

@@ -5,6 +5,7 @@ under one directory of ours; the system's /etc/apt is never written.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -38,10 +39,9 @@ class PrivateApt:
             "-o", f"Dir::State::Lists={self.root / 'lists'}",
             "-o", f"Dir::Cache::Archives={self.root / 'archives'}",
             "-o", "Dir::State::Status=/var/lib/dpkg/status",
-            "-o", "APT::Sandbox::User=root",
             "-o", "Debug::NoLocking=1",
             "-qq",
-        ]
+        ] + (["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else [])
 
     def _run(self, args: list[str], cwd: Path | None = None) -> None:
         try:

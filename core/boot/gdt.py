@@ -9,15 +9,16 @@ IDT_ENTRY_SIZE = 8
 
 
 def install_boot_tables(memory: GuestMemory, segments: list[Segment | None]) -> tuple[DescriptorTable, DescriptorTable]:
-    """Write the GDT at BOOT_GDT and an empty one-entry IDT at BOOT_IDT.
+    """Write the GDT at BOOT_GDT and an empty one-entry IDT after it.
 
-    ``segments[i]`` is the segment with selector ``i * 8``. The empty IDT makes
-    any exception before the guest installs its own a clean triple fault.
+    ``segments[i]`` is the segment with selector ``i * 8``. The IDT sits at
+    BOOT_IDT (cloud-hypervisor's layout) unless a longer GDT reaches past it,
+    then right after the GDT. The empty IDT makes any exception before the
+    guest installs its own a clean triple fault.
     """
     table = gdt_bytes(segments)
-    if layout.BOOT_GDT + len(table) > layout.BOOT_IDT:
-        raise ValueError("boot GDT overlaps the boot IDT")
+    idt = max(layout.BOOT_IDT, layout.BOOT_GDT + len(table))
     memory.write(layout.BOOT_GDT, table)
-    memory.write(layout.BOOT_IDT, bytes(IDT_ENTRY_SIZE))
+    memory.write(idt, bytes(IDT_ENTRY_SIZE))
     return (DescriptorTable(layout.BOOT_GDT, len(table) - 1),
-            DescriptorTable(layout.BOOT_IDT, IDT_ENTRY_SIZE - 1))
+            DescriptorTable(idt, IDT_ENTRY_SIZE - 1))

@@ -1,0 +1,329 @@
+"""Small guest programs for backend tests: assemble with nasm, run, observe.
+
+A program talks back through the platform's own devices: bytes written to the
+debug port 0x402 are collected in ``Result.debug``, COM1 output in
+``Result.serial``, and it ends the VM like a real guest, usually by powering
+off through ACPI (``POWEROFF`` below). Programs run on the real platform
+(``vmboot.core.platform.Platform``) with either CPU backend.
+
+Entry modes:
+- ``real``: 16-bit real mode at 0:PROGRAM (KVM-PVM runs these);
+- ``protected``: the PVH entry state (32-bit, flat, paging off);
+- ``long``: the Linux 64-bit entry state (identity-mapped 4 GiB, CS=0x10).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmboot.core.boot.linux import long_mode_entry
+from vmboot.core.boot.pvh import pvh_entry_state
+from vmboot.core.events import Outcome, VmEvents
+from vmboot.core.memory import GuestMemory
+from vmboot.core.platform import Platform
+from vmboot.core.vcpu.state import real_mode_entry
+
+PROGRAM = 0x1000  # where programs are loaded and entered
+STACK_TOP = 0x8000  # below the program's data area at 0x9000
+DATA = 0x9000  # scratch data programs may use (real and protected mode: long mode's page tables live here)
+
+# Areas for programs that build their own system tables; free in every mode
+# (long mode's boot page tables occupy 0x9000-0xEFFF).
+TEST_IDT = 0x10000  # 256 gates: 2 KiB in 32-bit mode, 4 KiB in 64-bit mode
+TEST_GDT = 0x11000
+TEST_TSS = 0x11800
+VARS = 0x12000  # scratch variables (the IDTR image for load_idt sits at VARS)
+KSTACK_TOP = 0x18000  # ring-0 stack for privilege changes (TSS.ESP0/RSP0)
+USER_STACK_TOP = 0x1C000  # ring-3 stack
+
+# Snippets every program can use (nasm macros).
+PRELUDE = """
+%define DEBUG_PORT 0x402
+%define PORT_COM1 0x3f8
+%define PORT_ACPI_SLEEP 0x600
+%define ACPI_S5 0x34
+
+; out_byte imm8: write one byte to the debug port
+%macro out_byte 1
+    mov al, %1
+    mov dx, DEBUG_PORT
+    out dx, al
+%endmacro
+
+; out_eax: write EAX to the (one byte wide) debug port, little-endian
+%macro out_eax 0
+    mov dx, DEBUG_PORT
+    out dx, al
+    ror eax, 8
+    out dx, al
+    ror eax, 8
+    out dx, al
+    ror eax, 8
+    out dx, al
+    ror eax, 8
+%endmacro
+
+%define TEST_IDT 0x10000
+%define TEST_GDT 0x11000
+%define TEST_TSS 0x11800
+%define VARS 0x12000
+%define KSTACK_TOP 0x18000
+%define USER_STACK_TOP 0x1C000
+%define LAPIC 0xFEE00000
+%define IOAPIC 0xFEC00000
+%define PORT_PM_TIMER 0x608
+
+; out_rax: write RAX to the debug port, little-endian (64-bit programs)
+%macro out_rax 0
+    mov dx, DEBUG_PORT
+%rep 8
+    out dx, al
+    ror rax, 8
+%endrep
+%endmacro
+
+; out_sp: write the stack pointer (ESP, or RSP in 64-bit mode) to the debug port
+%macro out_sp 0
+%if __BITS__ == 64
+    mov rax, rsp
+    out_rax
+%else
+    mov eax, esp
+    out_eax
+%endif
+%endmacro
+
+; out_stack n: write the n stack words at the stack pointer (dwords in 32-bit
+; mode, qwords in 64-bit mode) to the debug port; clobbers eax/rax, ecx, edx, esi/rsi
+%macro out_stack 1
+%if __BITS__ == 64
+    mov rsi, rsp
+    mov ecx, %1
+%%next:
+    lodsq
+    out_rax
+    loop %%next
+%else
+    mov esi, esp
+    mov ecx, %1
+%%next:
+    lodsd
+    out_eax
+    loop %%next
+%endif
+%endmacro
+
+; idt_gate vector, handler[, dpl]: an interrupt gate in TEST_IDT with the
+; current CS (SDM Vol. 3A, Figures 6-2 and 6-8); clobbers eax/rax
+%macro idt_gate 2-3 0
+%if __BITS__ == 64
+    mov rax, %2
+    mov word [TEST_IDT + (%1) * 16], ax
+    mov word [TEST_IDT + (%1) * 16 + 2], cs
+    mov word [TEST_IDT + (%1) * 16 + 4], 0x8E00 | ((%3) << 13)
+    shr rax, 16
+    mov word [TEST_IDT + (%1) * 16 + 6], ax
+    shr rax, 16
+    mov dword [TEST_IDT + (%1) * 16 + 8], eax
+    mov dword [TEST_IDT + (%1) * 16 + 12], 0
+%else
+    mov eax, %2
+    mov word [TEST_IDT + (%1) * 8], ax
+    mov word [TEST_IDT + (%1) * 8 + 2], cs
+    mov word [TEST_IDT + (%1) * 8 + 4], 0x8E00 | ((%3) << 13)
+    shr eax, 16
+    mov word [TEST_IDT + (%1) * 8 + 6], ax
+%endif
+%endmacro
+
+; load_idt: load IDTR with TEST_IDT, 256 gates
+%macro load_idt 0
+%if __BITS__ == 64
+    mov word [VARS], 256 * 16 - 1
+    mov qword [VARS + 2], TEST_IDT
+%else
+    mov word [VARS], 256 * 8 - 1
+    mov dword [VARS + 2], TEST_IDT
+%endif
+    lidt [VARS]
+%endmacro
+
+%macro poweroff 0
+    mov dx, PORT_ACPI_SLEEP
+    mov al, ACPI_S5
+    out dx, al
+%%hang:
+    hlt
+    jmp %%hang
+%endmacro
+"""
+
+BITS = {"real": 16, "protected": 32, "long": 64}
+
+
+def assemble(source: str, mode: str = "real", org: int = PROGRAM) -> bytes:
+    """Assemble ``source`` with nasm for ``mode``; fails loudly without nasm."""
+    return assemble_with_symbols(source, mode, org)[0]
+
+
+def assemble_with_symbols(source: str, mode: str = "real", org: int = PROGRAM) -> tuple[bytes, dict[str, int]]:
+    """Assemble ``source``; also returns its labels and constants by name (``loop``, ``handler.local``)."""
+    nasm = shutil.which("nasm")
+    if nasm is None:
+        raise RuntimeError("nasm is not installed: run ./dev setup")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out, map_file = Path(tmp) / "prog.asm", Path(tmp) / "prog.bin", Path(tmp) / "prog.map"
+        src.write_text(f"bits {BITS[mode]}\norg {org:#x}\n[map symbols {map_file}]\n{PRELUDE}\n{source}\n")
+        proc = subprocess.run([nasm, "-f", "bin", "-o", str(out), str(src)], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"nasm failed:\n{proc.stderr}")
+        return out.read_bytes(), _map_symbols(map_file.read_text())
+
+
+def _map_symbols(text: str) -> dict[str, int]:
+    """Parse nasm's map file: "Value Name" rows for constants, "Real Virtual Name" rows for labels."""
+    symbols = {}
+    for line in text.split("-- Symbols", 1)[-1].splitlines():
+        fields = line.split()
+        if len(fields) in (2, 3) and all(_is_hex(f) for f in fields[:-1]):
+            symbols[fields[-1]] = int(fields[0], 16)
+    return symbols
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class Result:
+    outcome: Outcome | None
+    message: str
+    debug: bytes
+    serial: bytes
+    elapsed: float
+    platform: Platform = field(repr=False)
+    backend: object = field(repr=False)
+    symbols: dict[str, int] = field(default_factory=dict, repr=False)  # the program's labels
+
+    def dwords(self) -> list[int]:
+        """The debug bytes as little-endian 32-bit values (programs using out_eax)."""
+        return [int.from_bytes(self.debug[i:i + 4], "little") for i in range(0, len(self.debug) - 3, 4)]
+
+    def qwords(self) -> list[int]:
+        """The debug bytes as little-endian 64-bit values (programs using out_rax)."""
+        return [int.from_bytes(self.debug[i:i + 8], "little") for i in range(0, len(self.debug) - 7, 8)]
+
+
+def make_backend(accel: str, memory: GuestMemory, irqchip: bool = True):
+    if accel == "kvm":
+        from vmboot.core.kvm.backend import KvmBackend
+        return KvmBackend(memory)
+    from vmboot.core.emulate.backend import EmulateBackend
+    return EmulateBackend(memory)
+
+
+class GuestRun:
+    """Run one program; a context manager so the VM is always torn down."""
+
+    def __init__(self, source: str | bytes, accel: str = "kvm", mode: str = "real", memory: int = 2 << 20,
+                 extra_mmio: list[tuple[int, int, object, str]] = (), serial_input: bytes = b""):
+        self.code, self.symbols = (source, {}) if isinstance(source, bytes) else assemble_with_symbols(source, mode)
+        self.accel, self.mode = accel, mode
+        self.memory = GuestMemory(memory)
+        self.events = VmEvents()
+        self.debug = bytearray()
+        self.serial = bytearray()
+        self.backend = make_backend(accel, self.memory)
+        self.platform = Platform(self.events, self.backend.irq_line, serial_out=self.serial.extend,
+                                 debug_out=self.debug.extend)
+        for base, size, device, name in extra_mmio:
+            self.platform.mmio.register(base, size, device, name)
+        if serial_input:
+            self.platform.serial_input(serial_input)
+
+    def entry(self):
+        if self.mode == "real":
+            return real_mode_entry(0, PROGRAM, sp=STACK_TOP)
+        if self.mode == "protected":
+            state = pvh_entry_state(self.memory, PROGRAM)
+            state.gprs["rsp"] = STACK_TOP
+            return state
+        state = long_mode_entry(self.memory, PROGRAM, rsi=0)
+        state.gprs["rsp"] = STACK_TOP
+        return state
+
+    def run(self, timeout: float = 10.0) -> Result:
+        self.start()
+        return self.finish(timeout)
+
+    def start(self) -> None:
+        """Load the program and start the vCPU; the test may then act as the host while it runs."""
+        self.memory.write(PROGRAM, self.code)
+        self._started = time.monotonic()
+        self.backend.start(self.entry(), self.platform.io, self.events)
+
+    def wait_until(self, condition, timeout: float = 5.0, what: str = "the guest") -> None:
+        """Poll ``condition()`` while the guest runs; fail loudly if it stays false or the VM stops."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.events.stopping:
+                raise AssertionError(f"the VM stopped while waiting for {what}: {self.events.stop.message}; "
+                                     f"debug output {bytes(self.debug)!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
+                                     f"debug output {bytes(self.debug)!r}")
+            time.sleep(0.001)
+
+    def finish(self, timeout: float = 10.0) -> Result:
+        """Wait for the VM to stop (at most ``timeout`` seconds from start()) and tear the vCPU down."""
+        finished = self.events.stopped.wait(max(0.0, self._started + timeout - time.monotonic()))
+        elapsed = time.monotonic() - self._started
+        if not finished:
+            self.events.request(Outcome.ERROR, f"timed out after {timeout} s")
+        self.backend.kick_all()
+        self.backend.join()
+        stop = self.events.stop
+        return Result(stop.outcome if finished else None, stop.message, bytes(self.debug), bytes(self.serial),
+                      elapsed, self.platform, self.backend, self.symbols)
+
+    def close(self) -> None:
+        self.backend.close()
+        self.memory.close()
+
+    def __enter__(self) -> GuestRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_guest(source: str | bytes, accel: str = "kvm", mode: str = "real", timeout: float = 10.0, **kw) -> Result:
+    with GuestRun(source, accel, mode, **kw) as run:
+        return run.run(timeout)
+
+
+class RecordingDevice:
+    """A test device for bus dispatch: records accesses, answers a fixed pattern."""
+
+    def __init__(self, value: bytes = b"\x11\x22\x33\x44\x55\x66\x77\x88"):
+        self.value = value
+        self.accesses: list[tuple[str, int, object]] = []
+        self.lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            self.accesses.append(("read", offset, size))
+        return self.value[:size]
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self.lock:
+            self.accesses.append(("write", offset, bytes(data)))
