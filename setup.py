@@ -19,7 +19,7 @@ setup(
     package_dir=package_dir,
     package_data={
         "vmboot.policies": ["*.policy"],
-        "vmboot.assets": ["unicorn/*.patch", "guest/*"],
+        "vmboot.assets": ["unicorn/*.patch", "guest_files/*"],
     },
     cffi_modules=["core/kvm/abi_build.py:ffibuilder"],
     zip_safe=False,

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     fw = sub.add_parser("firmware", help="build EDK2 CloudHv (RELEASE and DEBUG) from Debian's edk2 source")
     fw.add_argument("--flavour", choices=("release", "debug"), default="release")
     sub.add_parser("unicorn", help="build the patched Unicorn 2.1.4 wheel")
+    sub.add_parser("guest", help="build the guest disk images (esp.img, data.img, guest.json); boot copies of them")
     args = p.parse_args(argv)
     try:
         if args.what == "firmware":
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "unicorn":
             from .unicorn_build import wheel_path
             print(wheel_path())
+        elif args.what == "guest":
+            from .guest import guest_dir
+            print(guest_dir())
     except VmbootError as err:
         print(f"vmboot-assets: {err}", file=sys.stderr)
         return 1

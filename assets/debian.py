@@ -37,6 +37,7 @@ class PrivateApt:
             "-o", f"Dir::Etc::SourceList={self.sources}",
             "-o", "Dir::Etc::SourceParts=/dev/null",
             "-o", f"Dir::State::Lists={self.root / 'lists'}",
+            "-o", f"Dir::Cache={self.root / 'cache'}",
             "-o", f"Dir::Cache::Archives={self.root / 'archives'}",
             "-o", "Dir::State::Status=/var/lib/dpkg/status",
             "-o", "Debug::NoLocking=1",

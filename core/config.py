@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout
+from .disk import DiskSpec
 from .errors import UsageError
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -51,6 +52,7 @@ class VmConfig:
     log_level: str = "warn"
     stats: bool = False
     no_reboot: bool = False
+    disks: list[DiskSpec] = field(default_factory=list)
 
 
 class Parser(argparse.ArgumentParser):
@@ -109,6 +111,8 @@ def build_parser() -> Parser:
     vm.add_argument("--accel", default="auto", choices=ACCELS,
                     help="CPU backend: kvm, emulate (software CPU), or auto: kvm when the host has VT-x/AMD-V")
     vm.add_argument("--no-reboot", action="store_true", help=f"exit with status {EXIT_RESET} when the guest resets")
+    vm.add_argument("--disk", action="append", default=[], metavar="path=IMG[,readonly=on][,id=NAME]",
+                    help="a virtio-blk disk (a raw image or a block device); repeat for more")
     out = p.add_argument_group("console and diagnostics")
     out.add_argument("--serial", default="tty", metavar="tty|file=PATH|off", help="COM1 (default tty)")
     out.add_argument("--debugcon", default="off", metavar="file=PATH|off",
@@ -135,10 +139,25 @@ def parse_args(argv: list[str]) -> VmConfig:
         raise UsageError(f"--cpus boot={cpus_kv['boot']} is not a number") from None
     if not 1 <= cpus <= 255:
         raise UsageError("--cpus boot must be between 1 and 255")
+    disks = [parse_disk(text) for text in args.disk]
     return VmConfig(
         firmware=args.firmware, kernel=args.kernel, initramfs=args.initramfs, cmdline=args.cmdline,
         memory=memory, cpus=cpus,
         serial=parse_output("--serial", args.serial, allow_tty=True),
         debugcon=parse_output("--debugcon", args.debugcon, allow_tty=False),
         accel=args.accel, log_level=args.log_level, stats=args.stats, no_reboot=args.no_reboot,
+        disks=disks,
     )
+
+
+def parse_disk(text: str) -> DiskSpec:
+    kv = parse_kv("--disk", text, ("path", "readonly", "id"))
+    if not kv.get("path"):
+        raise UsageError("--disk needs path=IMAGE")
+    readonly = kv.get("readonly", "off")
+    if readonly not in ("on", "off"):
+        raise UsageError(f"--disk readonly={readonly}: use on or off")
+    ident = kv.get("id")
+    if ident is not None and (not ident or len(ident.encode()) > 20):
+        raise UsageError(f"--disk id={ident}: 1 to 20 bytes (it is the virtio-blk serial)")
+    return DiskSpec(Path(kv["path"]), readonly == "on", ident)

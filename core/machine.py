@@ -19,6 +19,7 @@ from .events import Stop, VmEvents
 from .memory import GuestMemory
 from .platform import Platform
 from .stats import BootClock, ConsoleMilestones, report
+from .virtio_host import VirtioDevices
 
 log = logging.getLogger("vmboot")
 
@@ -58,6 +59,7 @@ class Machine:
         self.memory = None
         self.backend = None
         self.debug_out = None
+        self.virtio = None
         if config.firmware and config.memory < layout.MIN_FIRMWARE_MEMORY:
             raise VmbootError(
                 f"--memory size={config.memory >> 20}M is too small: the firmware needs at least "
@@ -72,6 +74,9 @@ class Machine:
                 self.events, self.backend.irq_line, serial_out=console.write,
                 debug_out=self.debug_out.write if self.debug_out else None,
             )
+            self.virtio = VirtioDevices(self.memory, self.platform, self.backend)
+            for index, disk in enumerate(config.disks):
+                self.virtio.add_disk(disk, index)
             if config.firmware:
                 self.entry = boot_pvh(self.memory, config.firmware)
             else:
@@ -87,6 +92,7 @@ class Machine:
         milestones = ConsoleMilestones(self.clock)
         console.watch(milestones.feed)
         console.attach(self.platform.serial_input)
+        self.virtio.start()
         self.backend.start(self.entry, self.platform.io, events)
         while not events.stopped.wait(0.25):
             pass
@@ -99,6 +105,9 @@ class Machine:
         return report(self.clock, self.platform.ports, self.platform.mmio, self.backend.stats())
 
     def close(self) -> None:
+        if self.virtio is not None:
+            self.virtio.close()
+            self.virtio = None
         if self.backend is not None:
             self.backend.close()
             self.backend = None

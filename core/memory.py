@@ -62,7 +62,12 @@ class GuestMemory:
             return
         self._view.release()
         del self._anchor
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            # A view of guest memory is still alive somewhere; the mapping goes
+            # when that view does. Closing the memfd is still safe.
+            pass
         os.close(self.fd)
         self._map = None
 

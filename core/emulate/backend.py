@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 from .. import layout
@@ -74,6 +74,7 @@ class EmulateBackend:
         self._kicked = False
         self._thread: threading.Thread | None = None
         self.counts: Counter[str] = Counter()
+        self._dma: deque[tuple[int, int]] = deque()
         for region in memory.regions:
             self.engine.map_ram(region.gpa, region.size, memory.host_address(region))
 
@@ -87,7 +88,27 @@ class EmulateBackend:
             self._kicked = True
             self._wake.notify()
 
+    def msi(self, address: int, data: int) -> None:
+        """An MSI write (Intel SDM Vol. 3A §11.11): the vector is in the low byte of the data."""
+        self.lapic.accept(data & 0xFF, level=False)
+
+    def bind_ioeventfd(self, fd: int, address: int | None, previous: int | None) -> bool:
+        return False  # no kernel help: the transport signals the kick eventfd itself
+
+    def dma_written(self, gpa: int, length: int) -> None:
+        """A device wrote guest memory behind the CPU's back (thread-safe)."""
+        self._dma.append((gpa, length))
+
+    def _drop_stale_code(self) -> None:
+        """At a safe point of the vCPU thread: forget code translated from DMA-written memory."""
+        while self._dma:
+            gpa, length = self._dma.popleft()
+            self.engine.invalidate_code(gpa, gpa + length)
+            self.counts["dma invalidations"] += 1
+
     def _intack(self) -> int:
+        if self._dma:
+            self._drop_stale_code()
         vector = self.lapic.intack()
         if vector >= 0:
             self.counts["interrupts"] += 1
@@ -96,6 +117,8 @@ class EmulateBackend:
     def _halt(self) -> None:
         """HLT: sleep until an interrupt can be taken, or the VM stops."""
         self.counts["hlt"] += 1
+        if self._dma:
+            self._drop_stale_code()
         interrupts_on = self.engine.reg("eflags") & RFLAGS_IF
         while not self.stopping:
             if interrupts_on and self.lapic.has_interrupt():
@@ -113,10 +136,22 @@ class EmulateBackend:
         io.ports.register(PORT_PIC_SLAVE, 2, Pic8259(), "pic-slave")
         io.ports.register(PORT_ELCR, 2, Elcr(), "elcr")
 
+        dma = self._dma
+        drop = self._drop_stale_code
+
         def mmio_window(base: int):
             handle = io.handle
-            return (lambda off, size: int.from_bytes(handle(MmioRead(base + off, size)), "little"),
-                    lambda off, size, value: handle(MmioWrite(base + off, value.to_bytes(8, "little")[:size])))
+
+            def read(off: int, size: int) -> int:
+                if dma:
+                    drop()
+                return int.from_bytes(handle(MmioRead(base + off, size)), "little")
+
+            def write(off: int, size: int, value: int) -> None:
+                if dma:
+                    drop()
+                handle(MmioWrite(base + off, value.to_bytes(8, "little")[:size]))
+            return read, write
 
         # Everything that is not RAM is MMIO: the buses answer, all ones where no device is.
         holes, cursor = [], 0
@@ -129,8 +164,18 @@ class EmulateBackend:
             self.engine.map_mmio(start, end - start, *mmio_window(start))
 
         handle = io.handle
-        self.engine.hook_port_in(lambda port, size: int.from_bytes(handle(IoIn(port, size)), "little"))
-        self.engine.hook_port_out(lambda port, size, value: handle(IoOut(port, size, value.to_bytes(4, "little")[:size])))
+
+        def port_in(port: int, size: int) -> int:
+            if dma:
+                drop()
+            return int.from_bytes(handle(IoIn(port, size)), "little")
+
+        def port_out(port: int, size: int, value: int) -> None:
+            if dma:
+                drop()
+            handle(IoOut(port, size, value.to_bytes(4, "little")[:size]))
+        self.engine.hook_port_in(port_in)
+        self.engine.hook_port_out(port_out)
         self.engine.hook_msr(self.msrs.rdmsr, self.msrs.wrmsr)
         self.engine.hook_cpuid(self._cpuid)
         self.engine.machine_mode(self._intack, self._halt)

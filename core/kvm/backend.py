@@ -54,6 +54,20 @@ class KvmBackend:
                 self.vm.irq_line(gsi, level)
         return set_level
 
+    def msi(self, address: int, data: int) -> None:
+        self.vm.signal_msi(address, data)
+
+    def bind_ioeventfd(self, fd: int, address: int | None, previous: int | None) -> bool:
+        """Let KVM signal ``fd`` on a 2-byte MMIO write at ``address``, without an exit."""
+        if previous is not None:
+            self.vm.ioeventfd(fd, previous, 2, pio=False, deassign=True)
+        if address is not None:
+            self.vm.ioeventfd(fd, address, 2, pio=False)
+        return True
+
+    def dma_written(self, gpa: int, length: int) -> None:
+        pass  # KVM needs no notice: there is no translated code to drop
+
     def start(self, entry: EntryState, io: IoDispatcher, events: VmEvents) -> None:
         install_kick_handler()
         bsp = self.vcpus[0]

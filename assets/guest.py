@@ -1,0 +1,410 @@
+"""Guest disk images for boot tests, built from Debian 12's packages (shared/design.md §8).
+
+``guest_dir()`` builds once and caches a directory holding:
+
+- ``esp.img``: a partitionless ("superfloppy") FAT disk whose \\EFI\\BOOT\\BOOTX64.EFI is a
+  unified kernel image: systemd-boot-efi's stub + Debian's kernel + a busybox initramfs
+  + the command line ``CMDLINE``;
+- ``data.img``: a FAT disk holding ``PATTERN_NAME``, ``PATTERN_SIZE`` bytes of ``pattern()``;
+- ``guest.json``: the manifest (file names and sizes, the pattern's digest, package versions).
+
+The guest (assets/guest_files/init) prints one ``VMBOOT-GUEST`` line (its ACPI tables,
+disks, RTC and clocksource), checks and prints the pattern's digest, writes ``HELLO_NAME``
+to the data disk and powers off through ACPI; ``parse_console()`` reads its report back.
+
+A boot writes to the data disk, so never boot the cached images (they are read-only): boot
+the copies that ``fresh_copy(dest_dir)`` makes. The packages are whatever version Debian
+serves when the cache is first built (guest.json records them); the cache key names the
+recipe, so a kernel update reaches the images only when the entry is removed or the recipe changes.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import VmbootError
+from .cache import cache_root, cached, digest, file_sha256, progress
+from .debian import PrivateApt
+
+MiB = 1 << 20
+
+# Debian packages (bookworm, whatever version the mirror serves when the cache is built;
+# the versions used are recorded in guest.json).
+KERNEL_METAPACKAGE = "linux-image-amd64"  # depends on the real linux-image-6.1.0-NN-amd64
+BUSYBOX_PACKAGE = "busybox-static"
+STUB_PACKAGE = "systemd-boot-efi"
+BUSYBOX_PATH = "bin/busybox"
+STUB_PATH = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+
+# The kernel prints to COM1; panic=-1 resets at once should init ever die.
+CMDLINE = "console=ttyS0 panic=-1"
+# Modules the init loads, with what they need from modules.dep: virtio-pci and virtio-blk
+# for the disks; vfat with the code page (cp437) and I/O charset (ascii) of Debian's
+# CONFIG_FAT_DEFAULT_CODEPAGE and CONFIG_FAT_DEFAULT_IOCHARSET, to mount the data disk.
+MODULES = ("virtio_pci", "virtio_blk", "vfat", "nls_cp437", "nls_ascii")
+OS_RELEASE = 'NAME="vmboot test guest"\nID=vmboot-guest\nPRETTY_NAME="vmboot test guest"\n'
+
+# The disks.
+ESP_NAME, ESP_SIZE, ESP_LABEL, ESP_SERIAL = "esp.img", 32 * MiB, "VMBOOTESP", 0x0B00E5F1
+DATA_NAME, DATA_SIZE, DATA_LABEL, DATA_SERIAL = "data.img", 16 * MiB, "VMBOOTDATA", 0x0B00DA7A
+MANIFEST_NAME = "guest.json"
+BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"  # the UEFI removable-media boot path for x64
+PATTERN_NAME, PATTERN_SIZE = "PATTERN.BIN", 1 * MiB
+HELLO_NAME, HELLO_TEXT = "HELLO.TXT", b"hello from the vmboot guest\n"
+
+FILES = Path(__file__).with_name("guest_files")
+INIT_SCRIPT = FILES / "init"
+
+# UKI sections, in this order after the stub's own (systemd-stub(7)).
+UKI_SECTIONS = (".osrel", ".cmdline", ".linux", ".initrd")
+
+TOOLS = ("apt-get", "dpkg-deb", "depmod", "objcopy", "objdump", "mformat", "mmd", "mcopy")
+
+RECIPE = (f"{KERNEL_METAPACKAGE} {BUSYBOX_PACKAGE} {STUB_PACKAGE} cmdline={CMDLINE!r} modules={MODULES} "
+          f"esp={ESP_SIZE}:{ESP_LABEL}:{ESP_SERIAL:x} data={DATA_SIZE}:{DATA_LABEL}:{DATA_SERIAL:x} "
+          f"pattern={PATTERN_NAME}:{PATTERN_SIZE} os-release={OS_RELEASE!r} v3")
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def guest_key() -> str:
+    return f"guest-{digest([RECIPE, INIT_SCRIPT.read_bytes()])}"
+
+
+def guest_dir(build: bool = True) -> Path:
+    """The directory holding esp.img, data.img and guest.json, building them first if needed."""
+    if build:
+        return cached("guest", guest_key(), _build)
+    return cache_root() / "guest" / guest_key()
+
+
+def load_manifest(directory: Path) -> dict:
+    try:
+        return json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise VmbootError(f"cannot read the guest manifest in {directory}: {err}") from None
+
+
+@dataclass(frozen=True)
+class GuestImages:
+    esp: Path
+    data: Path
+    manifest: dict
+
+
+def fresh_copy(dest_dir: Path, source: Path | None = None) -> GuestImages:
+    """Copy the cached images into ``dest_dir`` for one boot (a boot writes HELLO.TXT to data.img)."""
+    source = guest_dir() if source is None else source
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for name in (ESP_NAME, DATA_NAME):
+        shutil.copyfile(source / name, dest_dir / name)
+    return GuestImages(dest_dir / ESP_NAME, dest_dir / DATA_NAME, load_manifest(source))
+
+
+# ---------------------------------------------------------------- what the guest reports
+
+GUEST_LINE = re.compile(r"VMBOOT-GUEST acpi=(?P<acpi>\S*) disks=(?P<disks>\S*) "
+                        r"rtc=(?P<rtc>none|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) clocksource=(?P<clocksource>\S+)")
+DATA_LINE = re.compile(r"VMBOOT-DATA sha256=(?P<sha256>[0-9a-f]{64})")
+WROTE_LINE = re.compile(r"VMBOOT-WROTE (?P<name>\S+)")
+FAIL_LINE = re.compile(r"VMBOOT-FAIL (?P<reason>.*)")
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    acpi: list[str] | None  # sysfs names of the tables (a repeated signature gets a number: SSDT1)
+    disks: dict[str, int] | None  # virtio disk name -> size in bytes
+    rtc: str | None  # "YYYY-MM-DD HH:MM:SS", or "none" when the guest found no RTC
+    clocksource: str | None
+    data_sha256: str | None
+    wrote: str | None
+    failures: list[str]
+
+
+def parse_console(text: str) -> GuestReport:
+    """Read the guest's VMBOOT- lines out of its console output (None for a line it never printed)."""
+    text = text.replace("\r", "")
+    guest, data, wrote = GUEST_LINE.search(text), DATA_LINE.search(text), WROTE_LINE.search(text)
+    disks = None
+    if guest:
+        disks = {}
+        for item in filter(None, guest["disks"].split(",")):
+            name, _, size = item.partition(":")
+            disks[name] = int(size)
+    return GuestReport(
+        acpi=guest["acpi"].split(",") if guest and guest["acpi"] else ([] if guest else None),
+        disks=disks,
+        rtc=guest["rtc"] if guest else None,
+        clocksource=guest["clocksource"] if guest else None,
+        data_sha256=data["sha256"] if data else None,
+        wrote=wrote["name"] if wrote else None,
+        failures=[m["reason"] for m in FAIL_LINE.finditer(text)],
+    )
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def pattern(size: int = PATTERN_SIZE) -> bytes:
+    """A deterministic pattern in which every 32 bytes differ: SHA-256 of a block counter."""
+    blocks = (size + 31) // 32
+    return b"".join(hashlib.sha256(b"vmboot-pattern %d" % i).digest() for i in range(blocks))[:size]
+
+
+def module_load_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
+    """Paths (as modules.dep writes them) to insmod, dependencies first, each once.
+
+    A modules.dep line is ``path: dep dep ...``; modprobe loads a line's dependencies
+    from the last to the first, then the module itself.
+    """
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in modules_dep.splitlines():
+        path, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        deps[path] = rest.split()
+        name = Path(path).name.split(".ko")[0].replace("-", "_")
+        by_name[name] = path
+    order: list[str] = []
+
+    def visit(path: str, chain: tuple[str, ...]) -> None:
+        if path in order:
+            return
+        if path in chain:
+            raise VmbootError(f"modules.dep has a dependency loop through {path}")
+        for dep in reversed(deps.get(path, [])):
+            visit(dep, chain + (path,))
+        order.append(path)
+
+    for name in wanted:
+        if name.replace("-", "_") not in by_name:
+            raise VmbootError(f"the kernel package has no module {name}")
+        visit(by_name[name.replace("-", "_")], ())
+    return order
+
+
+# cpio "newc" (the format the kernel unpacks for an initramfs: Documentation/driver-api/early-userspace).
+CPIO_MAGIC = b"070701"
+CPIO_TRAILER = "TRAILER!!!"
+CONSOLE_DEVICE = (5, 1)  # /dev/console: major 5, minor 1 (Documentation/admin-guide/devices.txt)
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    name: str  # without a leading slash
+    mode: int  # file type and permissions
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def cpio_newc(entries: list[CpioEntry]) -> bytes:
+    """An uncompressed cpio archive: owner root, mtime 0, so the same entries give the same bytes."""
+    out = bytearray()
+    for ino, entry in enumerate([*entries, CpioEntry(CPIO_TRAILER, 0)], start=1):
+        name = entry.name.encode() + b"\0"
+        is_trailer = entry.name == CPIO_TRAILER
+        fields = (0 if is_trailer else ino, entry.mode, 0, 0, 2 if stat.S_ISDIR(entry.mode) else 1, 0,
+                  len(entry.data), 0, 0, entry.rdev[0], entry.rdev[1], len(name), 0)
+        out += _pad4(CPIO_MAGIC + b"".join(b"%08X" % f for f in fields) + name)
+        out += _pad4(entry.data)
+    return bytes(out)
+
+
+def initramfs_entries(busybox: bytes, modules: dict[str, bytes], init: bytes) -> list[CpioEntry]:
+    """The initramfs: /init, /bin/busybox, the modules flat in /lib/modules and their load order."""
+    entries = [CpioEntry(d, stat.S_IFDIR | 0o755) for d in
+               ("bin", "dev", "etc", "etc/vmboot", "lib", "lib/modules", "mnt", "proc", "sbin", "sys",
+                "usr", "usr/bin", "usr/sbin")]
+    entries.append(CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=CONSOLE_DEVICE))
+    entries.append(CpioEntry("init", stat.S_IFREG | 0o755, init))
+    entries.append(CpioEntry(BUSYBOX_PATH, stat.S_IFREG | 0o755, busybox))
+    for name, data in modules.items():
+        entries.append(CpioEntry(f"lib/modules/{name}", stat.S_IFREG | 0o644, data))
+    order = "".join(f"{name}\n" for name in modules)
+    entries.append(CpioEntry("etc/vmboot/modules", stat.S_IFREG | 0o644, order.encode()))
+    return entries
+
+
+def uki_layout(stub_end: int, alignment: int, sizes: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """VMAs for sections appended after a PE image ending at ``stub_end``, each aligned, in order."""
+    layout, vma = [], stub_end
+    for name, size in sizes:
+        vma = -(-vma // alignment) * alignment
+        layout.append((name, vma))
+        vma += size
+    return layout
+
+
+OBJDUMP_SECTION = re.compile(r"^\s*\d+\s+(?P<name>\S+)\s+(?P<size>[0-9a-f]+)\s+(?P<vma>[0-9a-f]+)\s", re.M)
+OBJDUMP_ALIGNMENT = re.compile(r"^SectionAlignment\s+(?P<value>[0-9a-f]+)", re.M)
+
+
+def pe_sections(image: Path) -> dict[str, tuple[int, int]]:
+    """Section name -> (VMA, size), from ``objdump -h``."""
+    out = _output(["objdump", "-h", str(image)])
+    return {m["name"]: (int(m["vma"], 16), int(m["size"], 16)) for m in OBJDUMP_SECTION.finditer(out)}
+
+
+def make_uki(stub: Path, sections: dict[str, Path], out: Path) -> None:
+    """Join a systemd-stub with its payload sections, as systemd-stub(7) does with objcopy.
+
+    Each section goes after the stub's last one, aligned to the stub's SectionAlignment
+    (at least a page), so that the payloads never overlap the stub's code.
+    """
+    match = OBJDUMP_ALIGNMENT.search(_output(["objdump", "-p", str(stub)]))
+    if not match:
+        raise VmbootError(f"objdump -p shows no SectionAlignment for {stub}")
+    alignment = max(int(match["value"], 16), 0x1000)
+    stub_end = max(vma + size for vma, size in pe_sections(stub).values())
+    sizes = [(name, sections[name].stat().st_size) for name in UKI_SECTIONS]
+    args = ["objcopy"]
+    for name, vma in uki_layout(stub_end, alignment, sizes):
+        args += ["--add-section", f"{name}={sections[name]}", "--change-section-vma", f"{name}={vma:#x}"]
+    _output([*args, str(stub), str(out)])
+
+
+# An MBR's partition table: 4 entries of 16 bytes before the 0x55AA signature.
+MBR_PARTITION_TABLE, MBR_PARTITION_TABLE_SIZE = 0x1BE, 64
+
+
+def _clear_fake_partition_table(image: Path) -> None:
+    """Zero the partition entry mformat writes into the boot sector.
+
+    mformat fills in a "partition 1" starting at sector 0 and spanning the disk (rounded
+    up to whole cylinders, so past its end). Linux then shows a truncated vda1 that is the
+    disk itself. A FAT boot sector keeps boot code there, which no one runs on these disks.
+    """
+    with open(image, "r+b") as f:
+        f.seek(MBR_PARTITION_TABLE)
+        f.write(bytes(MBR_PARTITION_TABLE_SIZE))
+
+
+def make_fat(image: Path, size: int, label: str, serial: int, files: dict[str, Path]) -> None:
+    """A partitionless FAT disk of ``size`` bytes holding ``files`` (path inside -> host file), by mtools."""
+    with open(image, "wb") as f:
+        f.truncate(size)
+    _mtools(["mformat", "-i", str(image), "-v", label, "-N", f"{serial:08x}", "::"])
+    _clear_fake_partition_table(image)
+    made: set[str] = set()
+    for inside, host in files.items():
+        parts = inside.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            if folder not in made:
+                _mtools(["mmd", "-i", str(image), f"::/{folder}"])
+                made.add(folder)
+        _mtools(["mcopy", "-i", str(image), str(host), f"::/{inside}"])
+
+
+# ---------------------------------------------------------------- the build
+
+
+def _output(args: list[str], env: dict | None = None) -> str:
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        raise VmbootError(f"{args[0]} is not installed (run ./dev setup)") from None
+    if proc.returncode:
+        detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise VmbootError(f"'{' '.join(args[:2])} ...' failed with status {proc.returncode}: {detail}")
+    return proc.stdout
+
+
+def _mtools(args: list[str]) -> None:
+    # MTOOLS_SKIP_CHECK: an image file has no real disk geometry to agree with.
+    _output(args, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+
+
+def _check_tools() -> None:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise VmbootError(f"building the guest images needs {', '.join(missing)} (run ./dev setup)")
+
+
+def _field(deb: Path, name: str) -> str:
+    return _output(["dpkg-deb", "-f", str(deb), name]).strip()
+
+
+def _fetch(apt: PrivateApt, package: str, debs: Path) -> Path:
+    apt.download([package], debs)
+    name = package.split("=")[0]
+    found = sorted(debs.glob(f"{name}_*.deb"))
+    if len(found) != 1:
+        raise VmbootError(f"expected one {name} package after the download, found {len(found)}")
+    return found[0]
+
+
+def kernel_dependency(depends: str) -> str:
+    """``linux-image-6.1.0-NN-amd64=VERSION`` from the metapackage's Depends field."""
+    match = re.match(r"\s*(?P<name>linux-image-[^\s,(|]+)\s*(?:\(\s*=\s*(?P<version>[^)\s]+)\s*\))?", depends)
+    if not match:
+        raise VmbootError(f"cannot find the kernel in {KERNEL_METAPACKAGE}'s Depends: {depends!r}")
+    return match["name"] + (f"={match['version']}" if match["version"] else "")
+
+
+def _build(dest: Path) -> None:
+    _check_tools()
+    with tempfile.TemporaryDirectory(prefix="vmboot-guest-") as work:
+        work = Path(work)
+        debs, root = work / "debs", work / "root"
+        progress("downloading Debian's kernel, busybox-static and systemd-boot-efi")
+        apt = PrivateApt(work / "apt")
+        meta = _fetch(apt, KERNEL_METAPACKAGE, debs)
+        kernel_deb = _fetch(apt, kernel_dependency(_field(meta, "Depends")), debs)
+        packages = [meta, kernel_deb, _fetch(apt, BUSYBOX_PACKAGE, debs), _fetch(apt, STUB_PACKAGE, debs)]
+        progress("unpacking them")
+        for deb in packages[1:]:
+            _output(["dpkg-deb", "-x", str(deb), str(root)])
+        release = _field(kernel_deb, "Package").removeprefix("linux-image-")
+        vmlinuz = root / "boot" / f"vmlinuz-{release}"
+        moddir = root / "lib" / "modules" / release
+        if not vmlinuz.is_file() or not moddir.is_dir():
+            raise VmbootError(f"{kernel_deb.name} holds no boot/vmlinuz-{release} and lib/modules/{release}")
+        # Debian's package ships no modules.dep (its postinst runs depmod): make one, in our tree.
+        _output(["depmod", "-b", str(root), release])
+        order = module_load_order((moddir / "modules.dep").read_text(), MODULES)
+
+        progress("making the initramfs and the unified kernel image")
+        modules = {Path(path).name: (moddir / path).read_bytes() for path in order}
+        entries = initramfs_entries((root / BUSYBOX_PATH).read_bytes(), modules, INIT_SCRIPT.read_bytes())
+        parts = {".osrel": work / "os-release", ".cmdline": work / "cmdline", ".linux": vmlinuz,
+                 ".initrd": work / "initrd.cpio.gz"}
+        parts[".osrel"].write_text(OS_RELEASE)
+        parts[".cmdline"].write_text(CMDLINE)
+        parts[".initrd"].write_bytes(gzip.compress(cpio_newc(entries), compresslevel=9, mtime=0))
+        uki = work / "BOOTX64.EFI"
+        make_uki(root / STUB_PATH, parts, uki)
+
+        progress("making the disk images")
+        make_fat(dest / ESP_NAME, ESP_SIZE, ESP_LABEL, ESP_SERIAL, {BOOT_PATH: uki})
+        (work / PATTERN_NAME).write_bytes(pattern())
+        make_fat(dest / DATA_NAME, DATA_SIZE, DATA_LABEL, DATA_SERIAL, {PATTERN_NAME: work / PATTERN_NAME})
+        manifest = {
+            "esp": {"file": ESP_NAME, "size": ESP_SIZE, "boot": BOOT_PATH, "uki_size": uki.stat().st_size},
+            "data": {"file": DATA_NAME, "size": DATA_SIZE},
+            "pattern": {"file": PATTERN_NAME, "size": PATTERN_SIZE, "sha256": file_sha256(work / PATTERN_NAME)},
+            "hello": {"file": HELLO_NAME, "text": HELLO_TEXT.decode()},
+            "cmdline": CMDLINE,
+            "kernel_release": release,
+            "modules": list(modules),
+            "packages": {_field(deb, "Package"): _field(deb, "Version") for deb in packages},
+        }
+        (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name in (ESP_NAME, DATA_NAME):  # boot copies (fresh_copy), never these
+            (dest / name).chmod(0o444)
