@@ -88,6 +88,7 @@ class CpuidTable:
 
     def __init__(self, probe, apic_id: int = 0):
         """``probe(leaf, subleaf) -> CpuidEntry`` runs CPUID on the engine's model."""
+        self.apic_id = apic_id
         self.entries: dict[tuple[int, int], CpuidEntry] = {}
         for base in (0x0, 0x80000000):
             top = probe(base, 0).eax
@@ -98,8 +99,21 @@ class CpuidTable:
         self.max_extended = self.entries[(0x80000000, 0)].eax
 
     def lookup(self, leaf: int, subleaf: int) -> CpuidEntry:
-        entry = self.entries.get((leaf, subleaf)) or self.entries.get((leaf, 0))
+        entry = self.entries.get((leaf, subleaf))
+        if entry is not None:
+            return entry
+        if leaf in LEAVES_WITH_SUBLEAVES and (leaf, 0) in self.entries:
+            return self._invalid_subleaf(leaf, subleaf)
+        entry = self.entries.get((leaf, 0))
         if entry is not None:
             return entry
         # Out-of-range leaves return the highest basic leaf, as Intel CPUs do.
         return self.entries.get((self.max_basic, 0), CpuidEntry(0, 0, 0, 0))
+
+    def _invalid_subleaf(self, leaf: int, subleaf: int) -> CpuidEntry:
+        """A sub-leaf past the last one: no cache (leaf 4), no features (leaf 7), or
+        the invalid level type 0 that ends a walk of leaf 0BH, which still echoes
+        the sub-leaf in ECX[7:0] and reports the x2APIC ID in EDX."""
+        if leaf == 0xB:
+            return CpuidEntry(0, 0, subleaf & 0xFF, self.apic_id)
+        return CpuidEntry(0, 0, 0, 0)

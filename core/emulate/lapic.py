@@ -70,7 +70,7 @@ ICR_SHORTHAND_NONE = 0
 ICR_SHORTHAND_SELF = 1
 ICR_SHORTHAND_ALL = 2
 ICR_SHORTHAND_OTHERS = 3
-ICR_LOW_WRITABLE = 0x000CDFFF  # the delivery status bit (12) is read-only
+ICR_LOW_WRITABLE = 0x000CCFFF  # the delivery status bit (12) is read-only; 13, 16, 17 are reserved
 
 # IA32_APIC_BASE (SDM §11.4.4).
 APIC_DEFAULT_BASE = 0xFEE00000
@@ -122,6 +122,7 @@ class LocalApic:
         self.initial_count = 0
         self.timer_start = 0.0  # when the current count was last (re)loaded
         self._timer = None  # the scheduled expiry, if any
+        self._timer_generation = 0  # which arming an expiry belongs to
         self.timer_fires = 0
 
     # -- state ------------------------------------------------------------------
@@ -194,32 +195,45 @@ class LocalApic:
     def _tick_seconds(self) -> float:
         return timer_divisor(self.divide) / APIC_BUS_FREQUENCY
 
+    def _ticks_since_start(self) -> int:
+        """Whole timer ticks since the count was loaded.
+
+        Counted in whole APIC bus cycles, rounded: a float clock read exactly at
+        a deadline can land a hair short of it, and must not count a tick less.
+        """
+        cycles = round((self.now_fn() - self.timer_start) * APIC_BUS_FREQUENCY)
+        return cycles // timer_divisor(self.divide)
+
     def current_count(self) -> int:
         if not self.initial_count or self._timer_mode() == TIMER_TSC_DEADLINE:
             return 0
-        ticks = int((self.now_fn() - self.timer_start) / self._tick_seconds())
+        ticks = self._ticks_since_start()
         if self._timer_mode() == TIMER_PERIODIC:
             return self.initial_count - ticks % self.initial_count
         return max(self.initial_count - ticks, 0)
 
     def _arm(self) -> None:
+        self._timer_generation += 1  # an expiry already on its way belongs to the old arming
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if not self.initial_count or self._timer_mode() == TIMER_TSC_DEADLINE:
             return
-        period = self.initial_count * self._tick_seconds()
-        elapsed = self.now_fn() - self.timer_start
+        ticks = self._ticks_since_start()
         if self._timer_mode() == TIMER_PERIODIC:
-            deadline = self.timer_start + (int(elapsed / period) + 1) * period
-        elif elapsed < period:
-            deadline = self.timer_start + period
+            periods = ticks // self.initial_count + 1
+        elif ticks < self.initial_count:
+            periods = 1
         else:
             return  # a one-shot count that already reached zero
-        self._timer = self.timers.schedule(deadline, self._expire)
+        deadline = self.timer_start + periods * self.initial_count * self._tick_seconds()
+        generation = self._timer_generation
+        self._timer = self.timers.schedule(deadline, lambda: self._expire(generation))
 
-    def _expire(self) -> None:
+    def _expire(self, generation: int) -> None:
         with self.lock:
+            if generation != self._timer_generation:
+                return  # re-armed or stopped after the queue took this expiry
             self._timer = None
             self.timer_fires += 1
             lvt = self.lvt[APIC_LVT_TIMER]

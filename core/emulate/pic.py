@@ -10,6 +10,7 @@ from __future__ import annotations
 
 ICW1_INIT = 0x10
 ICW1_ICW4 = 0x01
+ICW1_SINGLE = 0x02  # no cascade: ICW3 is not sent
 OCW3_SELECT = 0x08
 OCW3_READ_ISR = 0x03
 
@@ -19,6 +20,7 @@ class Pic8259:
         self.imr = 0xFF
         self.icw_step = 0  # 0: not initializing; 2-4: expecting ICWn
         self.needs_icw4 = False
+        self.single = False
         self.vector_base = 0
         self.read_isr = False
 
@@ -31,12 +33,16 @@ class Pic8259:
         if offset == 0:
             if value & ICW1_INIT:
                 self.icw_step, self.needs_icw4, self.imr = 2, bool(value & ICW1_ICW4), 0
+                self.single = bool(value & ICW1_SINGLE)
             elif value & OCW3_SELECT:
                 self.read_isr = (value & OCW3_READ_ISR) == OCW3_READ_ISR
             return
         if self.icw_step == 2:
             self.vector_base = value & 0xF8
-            self.icw_step = 3
+            if self.single:
+                self.icw_step = 4 if self.needs_icw4 else 0
+            else:
+                self.icw_step = 3
         elif self.icw_step == 3:
             self.icw_step = 4 if self.needs_icw4 else 0
         elif self.icw_step == 4:

@@ -86,12 +86,15 @@ class CmosRtc:
 
     # -- state for snapshots --------------------------------------------------------
     def snapshot(self) -> dict:
-        return {"ram": bytes(self.ram), "index": self.index, "offset": self.offset}
+        held = None if self._held is None else bytes(self._held[r] for r in CLOCK_REGISTERS)
+        return {"ram": bytes(self.ram), "index": self.index, "offset": self.offset, "held": held}
 
     def restore(self, state: dict) -> None:
         self.ram[:] = state["ram"]
         self.index = state["index"]
         self.offset = state["offset"]
+        held = state.get("held")
+        self._held = None if held is None else dict(zip(CLOCK_REGISTERS, held))
 
     # -- time ---------------------------------------------------------------------------
     def _clock(self) -> dict[int, int]:
