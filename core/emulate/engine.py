@@ -52,6 +52,8 @@ def unicorn_library():
     lib.uc_x86_machine_mode.restype = c_int
     lib.uc_x86_raise_irq.argtypes = [c_void_p]
     lib.uc_x86_raise_irq.restype = None
+    lib.uc_x86_invalidate_phys.argtypes = [c_void_p, c_uint64, c_uint64]
+    lib.uc_x86_invalidate_phys.restype = None
     return lib
 
 
@@ -147,8 +149,11 @@ class MachineEngine:
             raise EngineError(f"uc_mmio_map({gpa:#x}, {size:#x}) failed: {unicorn.UcError(err)}")
 
     def invalidate_code(self, start: int, end: int) -> None:
-        """Drop translated code for [start, end) after memory changed behind the CPU's back."""
-        self.uc.ctl_remove_cache(start, end)
+        """Drop translated code for guest-physical [start, end) after a device wrote it.
+
+        Call from the vCPU thread (a hook) or while the CPU is stopped.
+        """
+        self.lib.uc_x86_invalidate_phys(self.handle, start, end - start)
 
     # -- running ----------------------------------------------------------------------
     def run(self, rip: int) -> int:
