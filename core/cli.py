@@ -5,12 +5,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from .config import EXIT_ERROR, EXIT_POWEROFF, EXIT_QUIT, EXIT_RESET, parse_args
 from .console import CrLfHandler, SerialConsole
 from .errors import VmbootError
-from .events import Outcome
+from .events import Outcome, Stop
 from .kvm.system import host_has_hw_virt, kvm_flavour
 from .machine import Machine
 from .stats import BootClock
@@ -58,31 +59,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         accel = choose_accel(config.accel)
         console = SerialConsole(config.serial.mode, config.serial.path)
-        while True:
-            clock = BootClock(started)
-            machine = Machine(config, accel, console, clock)
-            quit_vm = lambda *_: machine.events.request(Outcome.QUIT, "stopped by the user")  # noqa: E731
-            console.on_quit = quit_vm
-            signal.signal(signal.SIGTERM, quit_vm)
-            signal.signal(signal.SIGINT, quit_vm)
-            try:
-                stop = machine.run()
-                if config.stats:
-                    print(machine.stats_report(), file=sys.stderr)
-            finally:
-                machine.close()
-            if stop.outcome is Outcome.RESET and not config.no_reboot:
-                log.info("%s: restarting the VM", stop.message)
-                started = time.monotonic()
-                continue
-            break
+        stop = run_until_done(config, accel, console, started)
     except VmbootError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return err.exit_status
+        stop = Stop(Outcome.ERROR, str(err))
     finally:
         if console is not None:
-            console.close()
+            console.close()  # the terminal leaves raw mode before the last line is printed
+    return report_end(stop)
 
+
+def run_until_done(config, accel: str, console: SerialConsole, started: float) -> Stop:
+    """Run the VM, restarting it when the guest resets, until it ends for another reason."""
+    quit_requested = threading.Event()
+    current: list[Machine] = []
+
+    def request_quit(*_) -> None:
+        quit_requested.set()  # remembered across restarts
+        if current:
+            current[0].events.request(Outcome.QUIT, "stopped by the user")
+
+    console.on_quit = request_quit
+    signal.signal(signal.SIGTERM, request_quit)
+    signal.signal(signal.SIGINT, request_quit)
+    while True:
+        machine = Machine(config, accel, console, BootClock(started))
+        current[:] = [machine]
+        if quit_requested.is_set():
+            machine.events.request(Outcome.QUIT, "stopped by the user")
+        try:
+            stop = machine.run()
+            if config.stats:
+                print(machine.stats_report(), file=sys.stderr)
+        finally:
+            current.clear()
+            machine.close()
+        if stop.outcome is Outcome.RESET and not config.no_reboot and not quit_requested.is_set():
+            log.info("%s: restarting the VM", stop.message)
+            started = time.monotonic()
+            continue
+        if quit_requested.is_set():
+            return Stop(Outcome.QUIT, "stopped by the user")
+        return stop
+
+
+def report_end(stop: Stop) -> int:
     if stop.outcome is Outcome.POWEROFF:
         log.info("%s", stop.message)
         return EXIT_POWEROFF

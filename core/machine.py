@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from . import layout
+from .acpi import AcpiConfig, write_acpi_tables
 from .boot.linux import boot_kernel
 from .boot.pvh import boot_pvh
 from .config import VmConfig
@@ -77,10 +78,11 @@ class Machine:
             self.virtio = VirtioDevices(self.memory, self.platform, self.backend)
             for index, disk in enumerate(config.disks):
                 self.virtio.add_disk(disk, index)
+            rsdp = write_acpi_tables(self.memory, AcpiConfig(cpus=config.cpus))
             if config.firmware:
-                self.entry = boot_pvh(self.memory, config.firmware)
+                self.entry = boot_pvh(self.memory, config.firmware, rsdp=rsdp)
             else:
-                self.entry = boot_kernel(self.memory, config.kernel, config.initramfs, config.cmdline or "")
+                self.entry = boot_kernel(self.memory, config.kernel, config.initramfs, config.cmdline or "", rsdp)
         except BaseException:
             self.close()
             raise

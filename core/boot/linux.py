@@ -20,6 +20,7 @@ from .memmap import memory_map
 from .pvh import boot_pvh
 
 # boot_params offsets (arch/x86/include/uapi/asm/bootparam.h).
+BP_ACPI_RSDP_ADDR = 0x070
 BP_EXT_RAMDISK_IMAGE = 0x0C0
 BP_EXT_RAMDISK_SIZE = 0x0C4
 BP_EXT_CMD_LINE_PTR = 0x0C8
@@ -91,7 +92,9 @@ def _read(path: Path | None, what: str) -> bytes:
         raise VmbootError(f"{what} {path}: {err.strerror}") from None
 
 
-def boot_kernel(memory: GuestMemory, kernel: Path, initramfs: Path | None, cmdline: str) -> EntryState:
+def boot_kernel(memory: GuestMemory, kernel: Path, initramfs: Path | None, cmdline: str,
+                rsdp: int = 0) -> EntryState:
+    """Load a kernel; ``rsdp`` tells it where the ACPI tables are (boot protocol 2.14, or PVH)."""
     image = _read(kernel, "--kernel")
     initrd = _read(initramfs, "--initramfs") if initramfs else None
     if image[:4] == b"\x7fELF":
@@ -100,8 +103,8 @@ def boot_kernel(memory: GuestMemory, kernel: Path, initramfs: Path | None, cmdli
             addr = _place_initrd(memory, len(initrd), layout.MEM_32BIT_RESERVED_START - 1, layout.HIGH_RAM_START)
             memory.write(addr, initrd)
             modules.append((addr, len(initrd)))
-        return boot_pvh(memory, kernel, cmdline.encode(), modules=modules)
-    return boot_bzimage(memory, kernel, image, initrd, cmdline.encode())
+        return boot_pvh(memory, kernel, cmdline.encode(), rsdp=rsdp, modules=modules)
+    return boot_bzimage(memory, kernel, image, initrd, cmdline.encode(), rsdp)
 
 
 def _place_initrd(memory: GuestMemory, size: int, addr_max: int, above: int) -> int:
@@ -114,7 +117,8 @@ def _place_initrd(memory: GuestMemory, size: int, addr_max: int, above: int) -> 
     return addr
 
 
-def boot_bzimage(memory: GuestMemory, path: Path, image: bytes, initrd: bytes | None, cmdline: bytes) -> EntryState:
+def boot_bzimage(memory: GuestMemory, path: Path, image: bytes, initrd: bytes | None, cmdline: bytes,
+                 rsdp: int = 0) -> EntryState:
     if len(image) < 0x270 or _u(image, HDR_BOOT_FLAG, 2) != BOOT_FLAG_MAGIC or image[HDR_HEADER:HDR_HEADER + 4] != HDRS_MAGIC:
         raise VmbootError(f"--kernel {path}: not a Linux bzImage (no boot sector magic and 'HdrS' header) "
                           f"and not an ELF")
@@ -156,6 +160,7 @@ def boot_bzimage(memory: GuestMemory, path: Path, image: bytes, initrd: bytes | 
     struct.pack_into("<H", params, HDR_HEAP_END_PTR, 0xFE00)
     struct.pack_into("<I", params, HDR_CMD_LINE_PTR, layout.CMDLINE)
     struct.pack_into("<I", params, BP_EXT_CMD_LINE_PTR, 0)
+    struct.pack_into("<Q", params, BP_ACPI_RSDP_ADDR, rsdp)
 
     if initrd is not None:
         addr_max = _u(image, HDR_INITRD_ADDR_MAX, 4) or 0x37FFFFFF

@@ -62,8 +62,9 @@ def initramfs(tmp_path: Path) -> Path:
 
 def test_boot_params_and_memory(kernel, initramfs):
     with GuestMemory(256 * MiB) as mem:
-        entry = boot_kernel(mem, kernel, initramfs, "console=ttyS0 quiet")
+        entry = boot_kernel(mem, kernel, initramfs, "console=ttyS0 quiet", rsdp=layout.RSDP)
         params = mem.read(ZERO_PAGE, 4096)
+        assert struct.unpack_from("<Q", params, 0x070)[0] == layout.RSDP  # acpi_rsdp_addr
         image = kernel.read_bytes()
         # the setup header is copied, with the loader's fields filled in
         assert params[0x1F1] == SETUP_SECTS
