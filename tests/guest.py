@@ -10,6 +10,9 @@ Entry modes:
 - ``real``: 16-bit real mode at 0:PROGRAM (KVM-PVM runs these);
 - ``protected``: the PVH entry state (32-bit, flat, paging off);
 - ``long``: the Linux 64-bit entry state (identity-mapped 4 GiB, CS=0x10).
+
+Programs that take interrupts build their own IDT (``idt_gate``, ``load_idt``)
+and keep their variables at ``VARS``: areas every mode leaves free.
 """
 from __future__ import annotations
 
@@ -35,7 +38,6 @@ DATA = 0x9000  # scratch data programs may use (real and protected mode: long mo
 # Areas for programs that build their own system tables; free in every mode
 # (long mode's boot page tables occupy 0x9000-0xEFFF).
 TEST_IDT = 0x10000  # 256 gates: 2 KiB in 32-bit mode, 4 KiB in 64-bit mode
-TEST_GDT = 0x11000
 TEST_TSS = 0x11800
 VARS = 0x12000  # scratch variables (the IDTR image for load_idt sits at VARS)
 KSTACK_TOP = 0x18000  # ring-0 stack for privilege changes (TSS.ESP0/RSP0)
@@ -69,7 +71,6 @@ PRELUDE = """
 %endmacro
 
 %define TEST_IDT 0x10000
-%define TEST_GDT 0x11000
 %define TEST_TSS 0x11800
 %define VARS 0x12000
 %define KSTACK_TOP 0x18000
@@ -151,6 +152,110 @@ PRELUDE = """
     mov dword [VARS + 2], TEST_IDT
 %endif
     lidt [VARS]
+%endmacro
+
+; push_all / pop_all: save and restore EAX, EBX, ECX, EDX, ESI (RAX... in 64-bit mode) in handlers
+%macro push_all 0
+%if __BITS__ == 64
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+%else
+    push eax
+    push ebx
+    push ecx
+    push edx
+    push esi
+%endif
+%endmacro
+
+%macro pop_all 0
+%if __BITS__ == 64
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+%else
+    pop esi
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+%endif
+%endmacro
+
+; iretx: IRET of the mode's width
+%macro iretx 0
+%if __BITS__ == 64
+    iretq
+%else
+    iretd
+%endif
+%endmacro
+
+; lapic_write offset, value / lapic_read offset (into EAX): local APIC registers;
+; value is an immediate or a register other than EBX
+%macro lapic_write 2
+    push_ebx
+    mov ebx, LAPIC
+    mov dword [ebx + (%1)], %2
+    pop_ebx
+%endmacro
+
+%macro lapic_read 1
+    push_ebx
+    mov ebx, LAPIC
+    mov eax, [ebx + (%1)]
+    pop_ebx
+%endmacro
+
+; ioapic_write index, value / ioapic_read index (into EAX): I/O APIC registers
+; through IOREGSEL (offset 0) and IOWIN (offset 0x10)
+%macro ioapic_write 2
+    push_ebx
+    mov ebx, IOAPIC
+    mov dword [ebx], %1
+    mov dword [ebx + 0x10], %2
+    pop_ebx
+%endmacro
+
+%macro ioapic_read 1
+    push_ebx
+    mov ebx, IOAPIC
+    mov dword [ebx], %1
+    mov eax, [ebx + 0x10]
+    pop_ebx
+%endmacro
+
+%macro push_ebx 0
+%if __BITS__ == 64
+    push rbx
+%else
+    push ebx
+%endif
+%endmacro
+
+%macro pop_ebx 0
+%if __BITS__ == 64
+    pop rbx
+%else
+    pop ebx
+%endif
+%endmacro
+
+; pm_wait ticks: spin until the ACPI PM timer (3.579545 MHz) has advanced by ticks; clobbers EAX, ECX, EDX
+%macro pm_wait 1
+    mov dx, PORT_PM_TIMER
+    in eax, dx
+    mov ecx, eax
+%%spin:
+    in eax, dx
+    sub eax, ecx
+    cmp eax, %1
+    jb %%spin
 %endmacro
 
 %macro poweroff 0

@@ -12,6 +12,7 @@ the host's clock.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -39,6 +40,7 @@ PORT_PIC_MASTER = 0x20
 PORT_PIC_SLAVE = 0xA0
 PORT_ELCR = 0x4D0
 PHYS_ADDR_TOP = 1 << 36  # the catch-all MMIO above RAM ends here (64 GiB)
+SWITCH_INTERVAL = 0.0005  # seconds; see start()
 
 
 def probe_cpuid(leaf: int, subleaf: int, _engines={}) -> CpuidEntry:
@@ -202,6 +204,10 @@ class EmulateBackend:
             eng.set_reg(name, value)
 
     def start(self, entry: EntryState, io: IoDispatcher, events: VmEvents) -> None:
+        # The vCPU thread takes the GIL for every port read (the firmware's Stall()
+        # polls the PM timer); with Python's default 5 ms switch interval a timer
+        # expiry waits milliseconds for it. 0.5 ms keeps timer interrupts on time.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._map_platform(io)
         self.load(entry)
         events.on_stop(self.kick_all)

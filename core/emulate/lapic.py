@@ -177,16 +177,20 @@ class LocalApic:
             self._update()  # something of a higher class may still be pending
             return vector
 
-    def _eoi(self) -> None:
+    def _eoi(self) -> int | None:
+        """Retire the highest in-service vector; returns it if it was level-triggered.
+
+        The caller tells the IOAPIC after releasing this LAPIC's lock: the IOAPIC
+        delivers into the LAPIC under its own lock, so the order is IOAPIC, then LAPIC.
+        """
         vector = _highest(self.isr)
         if vector < 0:
-            return
+            return None
         bit = 1 << vector
         self.isr &= ~bit
         level = self.tmr & bit
         self._update()
-        if level:
-            self.eoi_level(vector)
+        return vector if level else None
 
     # -- timer ------------------------------------------------------------------------
     def _timer_mode(self) -> int:
@@ -255,7 +259,9 @@ class LocalApic:
         if offset & 0xF or len(data) != 4:
             return  # the SDM requires aligned 32-bit accesses
         with self.lock:
-            self._write_reg(offset, int.from_bytes(data, "little"))
+            level_eoi = self._write_reg(offset, int.from_bytes(data, "little"))
+        if level_eoi is not None:
+            self.eoi_level(level_eoi)
 
     def _read_reg(self, reg: int) -> int:
         if reg == APIC_ID:
@@ -294,12 +300,13 @@ class LocalApic:
             return self.divide
         return 0
 
-    def _write_reg(self, reg: int, value: int) -> None:
+    def _write_reg(self, reg: int, value: int) -> int | None:
+        """Apply a register write; returns a level-triggered vector that was EOIed, if any."""
         if reg == APIC_TPR:
             self.tpr = value & 0xFF
             self._update()
         elif reg == APIC_EOI:
-            self._eoi()
+            return self._eoi()
         elif reg == APIC_LDR:
             self.ldr = value & 0xFF000000
         elif reg == APIC_DFR:
