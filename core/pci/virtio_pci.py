@@ -166,6 +166,9 @@ class VirtioPciDevice:
     def config_write(self, offset: int, data: bytes) -> None:
         with self.lock:
             self.config.write(offset, data)
+            control = self.msix_cap + 2  # Message Control: clearing Function Mask sends what is pending
+            if offset < control + 2 and offset + len(data) > control:
+                self._deliver_pending()
 
     def _bar_changed(self) -> None:
         addr = self.config.bar_address(BAR_INDEX)
@@ -256,8 +259,8 @@ class VirtioPciDevice:
                 VIRTIO_CONFIG_S_FEATURES_OK:
             shift = 32 * self.driver_feature_select
             self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
-        elif off == COMMON_MSIX_CONFIG:
-            self.msix_config = value
+        elif off == COMMON_MSIX_CONFIG:  # §4.1.5.1.2: a vector the device lacks reads back as NO_VECTOR
+            self.msix_config = value if value < self.msix_vectors else VIRTIO_MSI_NO_VECTOR
         elif off == COMMON_DEVICE_STATUS:
             self._set_status(value)
         elif off == COMMON_QUEUE_SELECT:
@@ -318,6 +321,8 @@ class VirtioPciDevice:
         self.msi_sink.msi(addr_hi << 32 | addr_lo, data)
 
     def _deliver_pending(self) -> None:
+        if not self.msix_enabled:
+            return
         pending, self.msix_pending = self.msix_pending, 0
         for vector in range(self.msix_vectors):
             if pending >> vector & 1:

@@ -104,6 +104,8 @@ class QueueDriver:
             out.append((head, written))
             self.free.extend(self.chain_descs.pop(head, []))
             self.last_used = (self.last_used + 1) & 0xFFFF
+        # used_event (§2.7.10): with VIRTIO_RING_F_EVENT_IDX, interrupt me for the next one used
+        self.memory.write(self.avail + 4 + 2 * self.size, struct.pack("<H", self.last_used))
         return out
 
 

@@ -68,6 +68,10 @@ class BlkError(Exception):
     """A request fails with IOERR; the message says why (for the log)."""
 
 
+class BlkUnsupported(BlkError):
+    """A request this device does not support: it fails with UNSUPP."""
+
+
 class VirtioBlk:
     device_type = VIRTIO_ID_BLOCK
     num_queues = 1
@@ -153,6 +157,9 @@ class VirtioBlk:
                 status_view[0] = VIRTIO_BLK_S_UNSUPP
                 return written + 1
             status_view[0] = VIRTIO_BLK_S_OK
+        except BlkUnsupported as err:
+            status_view[0] = VIRTIO_BLK_S_UNSUPP
+            self._fail(str(err))
         except (BlkError, OSError) as err:
             status_view[0] = VIRTIO_BLK_S_IOERR
             self._fail(str(err))
@@ -199,18 +206,26 @@ class VirtioBlk:
 
     def _discard(self, kind: int, buffers: list[memoryview]) -> None:
         if self.readonly or not self.can_discard:
-            raise BlkError("discard or write-zeroes not supported on this disk")
+            raise BlkUnsupported("discard or write-zeroes not supported on this disk")
+        size = sum(len(b) for b in buffers)  # bounded before anything is copied
+        if not size or size % DISCARD_SEGMENT.size:
+            raise BlkError(f"discard payload of {size} bytes is not a list of segments")
+        if size // DISCARD_SEGMENT.size > MAX_DISCARD_SEGMENTS:
+            raise BlkError(f"{size // DISCARD_SEGMENT.size} discard segments, the limit is {MAX_DISCARD_SEGMENTS}")
         payload = b"".join(bytes(b) for b in buffers)
-        if not payload or len(payload) % DISCARD_SEGMENT.size:
-            raise BlkError(f"discard payload of {len(payload)} bytes is not a list of segments")
-        segments = [DISCARD_SEGMENT.unpack_from(payload, i) for i in range(0, len(payload), DISCARD_SEGMENT.size)]
-        if len(segments) > MAX_DISCARD_SEGMENTS:
-            raise BlkError(f"{len(segments)} discard segments, the limit is {MAX_DISCARD_SEGMENTS}")
-        for sector, count, flags in segments:
+        segments = [DISCARD_SEGMENT.unpack_from(payload, i) for i in range(0, size, DISCARD_SEGMENT.size)]
+        ranges = []
+        for sector, count, flags in segments:  # check every segment before touching the disk
+            # §5.2.6.2: UNSUPP for an unknown flag, and for the unmap flag on a discard
+            if flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP or (kind == VIRTIO_BLK_T_DISCARD and flags):
+                raise BlkUnsupported(f"discard or write-zeroes flags {flags:#x} not supported")
             if count > MAX_DISCARD_SECTORS:
                 raise BlkError(f"discard of {count} sectors, the limit is {MAX_DISCARD_SECTORS}")
-            offset = self._check_range(sector, count * VIRTIO_BLK_SECTOR_SIZE)
-            length = count * VIRTIO_BLK_SECTOR_SIZE
+            ranges.append((self._check_range(sector, count * VIRTIO_BLK_SECTOR_SIZE), count * VIRTIO_BLK_SECTOR_SIZE,
+                           flags))
+        for offset, length, flags in ranges:
+            if not length:  # nothing to do; fallocate(2) would fail with EINVAL
+                continue
             if kind == VIRTIO_BLK_T_DISCARD or flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP:
                 fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
             else:
