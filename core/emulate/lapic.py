@@ -124,6 +124,7 @@ class LocalApic:
         self._timer = None  # the scheduled expiry, if any
         self._timer_generation = 0  # which arming an expiry belongs to
         self.timer_fires = 0
+        self._oneshot_fired = False  # the current one-shot countdown has interrupted
 
     # -- state ------------------------------------------------------------------
     @property
@@ -226,10 +227,14 @@ class LocalApic:
         ticks = self._ticks_since_start()
         if self._timer_mode() == TIMER_PERIODIC:
             periods = ticks // self.initial_count + 1
-        elif ticks < self.initial_count:
-            periods = 1
+        elif self._oneshot_fired:
+            return  # this one-shot countdown already reached zero and interrupted
         else:
-            return  # a one-shot count that already reached zero
+            # A count may run out before it is even armed (62 ticks at divide 16
+            # is 1 us, less than this code takes): then the deadline is in the
+            # past and the timer queue fires it at once. Dropping it would lose
+            # the interrupt and leave a guest asleep forever.
+            periods = 1
         deadline = self.timer_start + periods * self.initial_count * self._tick_seconds()
         generation = self._timer_generation
         self._timer = self.timers.schedule(deadline, lambda: self._expire(generation))
@@ -243,6 +248,8 @@ class LocalApic:
             lvt = self.lvt[APIC_LVT_TIMER]
             if self._timer_mode() == TIMER_PERIODIC:
                 self._arm()
+            else:
+                self._oneshot_fired = True
             if not lvt & LVT_MASKED and self.enabled:
                 self.accept(lvt & LVT_VECTOR)
 
@@ -334,6 +341,7 @@ class LocalApic:
         elif reg == APIC_TIMER_INITIAL:
             self.initial_count = value
             self.timer_start = self.now_fn()
+            self._oneshot_fired = False  # a new countdown
             self._arm()
         elif reg == APIC_TIMER_DIVIDE:
             count = self.current_count()

@@ -605,3 +605,34 @@ def test_icr_delivery_status_always_reads_idle(apic):
 def test_icr_high_keeps_only_the_destination(apic):
     apic.put(APIC_ICR_HIGH, 0xFFFFFFFF)
     assert apic.get(APIC_ICR_HIGH) == 0xFF000000
+
+
+# -- a one-shot count that runs out before it is armed ----------------------------------------
+
+class SlowClock(Clock):
+    """A clock that moves 2 us at every read, as Python's overhead does between two reads."""
+
+    def __call__(self) -> float:
+        self.t += 2e-6
+        return self.t
+
+
+def test_one_shot_shorter_than_arming_still_interrupts():
+    a = Apic()
+    a.clock = SlowClock(START)
+    a.timers = FakeTimers(a.clock)
+    a.lapic = LocalApic(a.clock, a.timers, raise_intr=a._raise, eoi_level=a.level_eois.append)
+    a.put(APIC_SVR, SVR_ENABLED)
+    a.put(APIC_TIMER_DIVIDE, 0x3)  # divide by 16: 16 ns a tick
+    a.put(APIC_LVT_TIMER, TIMER_VECTOR)  # one-shot, unmasked
+    a.put(APIC_TIMER_INITIAL, 62)  # 992 ns: gone before _arm() reads the clock again
+    assert len(a.timers.live) == 1, "the expired count must still be scheduled"
+    a.timers.advance(a.clock.t)
+    assert a.irr() == [TIMER_VECTOR]
+    # It fires once: re-arming it (a divide or LVT write) does not fire it again.
+    a.lapic.intack()
+    a.eoi()
+    a.put(APIC_TIMER_DIVIDE, 0x3)
+    a.put(APIC_LVT_TIMER, TIMER_VECTOR)
+    a.timers.advance(a.clock.t + 1)
+    assert a.irr() == [] and a.lapic.timer_fires == 1
