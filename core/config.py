@@ -53,6 +53,8 @@ class VmConfig:
     stats: bool = False
     no_reboot: bool = False
     disks: list[DiskSpec] = field(default_factory=list)
+    devices: str = "sandboxed"
+    seccomp: str = "kill"
 
 
 class Parser(argparse.ArgumentParser):
@@ -113,6 +115,11 @@ def build_parser() -> Parser:
     vm.add_argument("--no-reboot", action="store_true", help=f"exit with status {EXIT_RESET} when the guest resets")
     vm.add_argument("--disk", action="append", default=[], metavar="path=IMG[,readonly=on][,id=NAME]",
                     help="a virtio-blk disk (a raw image or a block device); repeat for more")
+    sec = p.add_argument_group("device isolation")
+    sec.add_argument("--devices", choices=("sandboxed", "inproc"), default="sandboxed",
+                     help="run each device in its own sandboxed process (default), or in vmboot-core (debugging)")
+    sec.add_argument("--seccomp", choices=("true", "false", "log"), default="true",
+                     help="device seccomp filters: enforce (default), off, or log violations instead of killing")
     out = p.add_argument_group("console and diagnostics")
     out.add_argument("--serial", default="tty", metavar="tty|file=PATH|off", help="COM1 (default tty)")
     out.add_argument("--debugcon", default="off", metavar="file=PATH|off",
@@ -146,7 +153,7 @@ def parse_args(argv: list[str]) -> VmConfig:
         serial=parse_output("--serial", args.serial, allow_tty=True),
         debugcon=parse_output("--debugcon", args.debugcon, allow_tty=False),
         accel=args.accel, log_level=args.log_level, stats=args.stats, no_reboot=args.no_reboot,
-        disks=disks,
+        disks=disks, devices=args.devices, seccomp={"true": "kill", "false": "off", "log": "log"}[args.seccomp],
     )
 
 

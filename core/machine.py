@@ -19,6 +19,7 @@ from .errors import VmbootError
 from .events import Stop, VmEvents
 from .memory import GuestMemory
 from .platform import Platform
+from .sidecar import Sidecars
 from .stats import BootClock, ConsoleMilestones, report
 from .virtio_host import VirtioDevices
 
@@ -61,6 +62,7 @@ class Machine:
         self.backend = None
         self.debug_out = None
         self.virtio = None
+        self.sidecars = None
         if config.firmware and config.memory < layout.MIN_FIRMWARE_MEMORY:
             raise VmbootError(
                 f"--memory size={config.memory >> 20}M is too small: the firmware needs at least "
@@ -71,11 +73,13 @@ class Machine:
             self.backend = make_backend(accel, self.memory, config.cpus)
             if config.debugcon.mode == "file":
                 self.debug_out = DebugOutput(config.debugcon.path)
+            if config.devices == "sandboxed":
+                self.sidecars = Sidecars(config.seccomp, config.log_level, on_fatal=self.events.error)
             self.platform = Platform(
                 self.events, self.backend.irq_line, serial_out=console.write,
-                debug_out=self.debug_out.write if self.debug_out else None,
+                debug_out=self.debug_out.write if self.debug_out else None, sidecars=self.sidecars,
             )
-            self.virtio = VirtioDevices(self.memory, self.platform, self.backend)
+            self.virtio = VirtioDevices(self.memory, self.platform, self.backend, self.sidecars)
             for index, disk in enumerate(config.disks):
                 self.virtio.add_disk(disk, index)
             rsdp = write_acpi_tables(self.memory, AcpiConfig(cpus=config.cpus))
@@ -107,6 +111,9 @@ class Machine:
         return report(self.clock, self.platform.ports, self.platform.mmio, self.backend.stats())
 
     def close(self) -> None:
+        if self.sidecars is not None:
+            self.sidecars.close()
+            self.sidecars = None
         if self.virtio is not None:
             self.virtio.close()
             self.virtio = None

@@ -41,14 +41,16 @@ def ram_regions(size: int) -> list[RamRegion]:
 
 
 class GuestMemory:
-    def __init__(self, size: int, name: str = "vmboot-ram"):
+    def __init__(self, size: int, name: str = "vmboot-ram", fd: int | None = None):
+        """New guest RAM of ``size`` bytes, or (with ``fd``) the RAM of a running VM, in a device process."""
         if size <= 0 or size % mmap.PAGESIZE:
             raise VmbootError(f"memory size {size} is not a positive multiple of the page size")
         self.size = size
         self.regions = ram_regions(size)
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC) if fd is None else fd
         try:
-            os.ftruncate(self.fd, size)
+            if fd is None:
+                os.ftruncate(self.fd, size)
             self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as err:
             os.close(self.fd)

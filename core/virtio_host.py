@@ -12,10 +12,14 @@ import select
 import threading
 
 from vmboot.devices.virtio.worker import QueueWorker, new_eventfds
+from vmboot.ipc.protocol import Msg
+from vmboot.ipc.proxy import DeviceGone
 
 from .pci.virtio_pci import QueueSetup, VirtioPciDevice
 
 log = logging.getLogger("vmboot.virtio")
+
+CONFIG_WINDOW = 1  # a virtio device process's configuration space
 
 
 class InprocBackend:
@@ -49,6 +53,45 @@ class InprocBackend:
         self.worker.stop()
         self.thread.join(2)
         self.worker.close()
+        for fd in self.kick_fds + self.call_fds:
+            os.close(fd)
+
+
+class SidecarBackend:
+    """A virtio device whose queues are served by a sandboxed process (vhost-user style).
+
+    The process maps guest memory from the memfd, reads kicks from and signals
+    calls to the eventfds created here; the core keeps the transport and only
+    relays configuration reads, activation and reset over the channel.
+    """
+
+    def __init__(self, description, sidecar):
+        self.device_type = description.device_type
+        self.num_queues = description.num_queues
+        self.queue_max_size = description.queue_max_size
+        self.features = description.features
+        self.sidecar = sidecar
+        self.kick_fds = [sidecar.fds[f"kick{i}"] for i in range(self.num_queues)]
+        self.call_fds = [sidecar.fds[f"call{i}"] for i in range(self.num_queues)]
+        self._config = sidecar.proxy.window(CONFIG_WINDOW)
+
+    def config_read(self, offset: int, size: int) -> bytes:
+        return self._config.read(offset, size)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        self._config.write(offset, data)
+
+    def activate(self, features: int, queues: list[QueueSetup]) -> None:
+        self.sidecar.proxy.call(Msg.ACTIVATE, features, [[q.index, q.size, q.desc, q.driver, q.device]
+                                                         for q in queues])
+
+    def reset(self) -> None:
+        try:
+            self.sidecar.proxy.call(Msg.RESET)
+        except DeviceGone:
+            pass
+
+    def close(self) -> None:
         for fd in self.kick_fds + self.call_fds:
             os.close(fd)
 
@@ -97,10 +140,11 @@ class InterruptRelay:
 class VirtioDevices:
     """The machine's virtio devices: disks now, network later."""
 
-    def __init__(self, memory, platform, cpu):
+    def __init__(self, memory, platform, cpu, sidecars=None):
         self.memory = memory
         self.platform = platform
         self.cpu = cpu
+        self.sidecars = sidecars
         self.relay = InterruptRelay()
         self.backends: list = []
         self.fds: list[int] = []
@@ -116,8 +160,20 @@ class VirtioDevices:
         fd = open_disk(spec)
         self.fds.append(fd)
         name = f"disk{index}"
-        blk = VirtioBlk(fd, spec.readonly, serial=spec.id or f"vmboot-disk{index}", name=name)
-        backend = InprocBackend(blk, self.memory, on_dma_write=self.cpu.dma_written)
+        serial = spec.id or f"vmboot-disk{index}"
+        blk = VirtioBlk(fd, spec.readonly, serial=serial, name=name)
+        if self.sidecars is None:
+            backend = InprocBackend(blk, self.memory, on_dma_write=self.cpu.dma_written)
+        else:
+            from .sidecar import Events, Sidecar
+            fds = {"memory": self.memory.fd, "disk": fd}
+            for i in range(blk.num_queues):
+                fds[f"kick{i}"], fds[f"call{i}"] = new_eventfds(2)
+            params = {"name": name, "memory_size": self.memory.size, "readonly": spec.readonly,
+                      "serial": serial, "report_dma": self.cpu.name == "emulate"}
+            sidecar = self.sidecars.add(Sidecar("virtio_blk", name, params, "never",
+                                                Events(dma=self.cpu.dma_written), fds=fds, fsize=blk.size))
+            backend = SidecarBackend(blk, sidecar)
         self.backends.append(backend)
         slot = self.platform.pci.free_slot()
         transport = VirtioPciDevice(backend, name, PCI_CLASS_STORAGE_SCSI, msi=self.cpu,

@@ -1,6 +1,9 @@
 """The DSDT: the devices an OS cannot find by itself, in AML (ACPI 6.5 §5.2.11.1).
 
-    \\_SB.PCI0   PCI host bridge (PNP0A08, PNP0A03): bus 0, its windows, and _PRT
+    \\_SB.PCI0   PCI host bridge: bus 0, its windows, and _PRT. A PCI Express bridge (PNP0A08,
+                compatible with PNP0A03) only when ECAM is offered; otherwise a conventional
+                one (PNP0A03), for which _OSC is optional (PCI Firmware 3.3 §4.5), so the OS
+                takes its absence in its stride
     \\_SB.COM1   16550 UART at 0x3F8, IRQ 4 (PNP0501)
     \\_SB.RTC_   MC146818 RTC/CMOS at 0x70-0x71 (PNP0B00), so Linux's rtc-cmos binds
     \\_SB.Cnnn   one processor device (ACPI0007) per vCPU, _UID = the MADT's processor UID
@@ -76,10 +79,11 @@ def pci_host_bridge(config: AcpiConfig) -> Aml:
         crs.append(qword_memory(config.mmio64.base, config.mmio64.last))
     prt = [package((slot << 16) | PRT_ANY_FUNCTION, pin, PRT_SOURCE_GSI, prt_gsi(slot, pin))
            for slot in range(PCI_FIRST_SLOT, PCI_SLOTS) for pin in range(PCI_INTX_PINS)]
+    ids = ([name("_HID", eisa_id(PNP_PCIE_HOST_BRIDGE)), name("_CID", eisa_id(PNP_PCI_HOST_BRIDGE))]
+           if config.ecam_window is not None else [name("_HID", eisa_id(PNP_PCI_HOST_BRIDGE))])
     return device(
         "PCI0",
-        name("_HID", eisa_id(PNP_PCIE_HOST_BRIDGE)),
-        name("_CID", eisa_id(PNP_PCI_HOST_BRIDGE)),
+        *ids,
         name("_SEG", 0),
         name("_UID", 0),
         name("_BBN", PCI_BUS),

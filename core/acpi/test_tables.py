@@ -212,6 +212,24 @@ def test_mmio32_window_leaves_out_the_ecam_range():
     assert bytes.fromhex("86 09 00 01 000000e8 00001000") in dsdt  # Memory32Fixed reservation
 
 
+# _HID and _CID of \\_SB.PCI0: AML NameOp, the name, then EisaId's DWordConst.
+PCI0_HID_PCIE = bytes.fromhex("08 5f484944 0c 41d00a08")  # Name (_HID, EisaId ("PNP0A08"))
+PCI0_HID_PCI = bytes.fromhex("08 5f484944 0c 41d00a03")  # Name (_HID, EisaId ("PNP0A03"))
+PCI0_CID_PCI = bytes.fromhex("08 5f434944 0c 41d00a03")  # Name (_CID, EisaId ("PNP0A03"))
+
+
+def test_host_bridge_is_conventional_pci_without_ecam():
+    dsdt = build_acpi_tables(AcpiConfig()).get("DSDT").data
+    assert PCI0_HID_PCI in dsdt
+    assert PCI0_HID_PCIE not in dsdt and PCI0_CID_PCI not in dsdt
+
+
+def test_host_bridge_is_pci_express_with_ecam():
+    dsdt = build_acpi_tables(FULL).get("DSDT").data
+    assert PCI0_HID_PCIE in dsdt and PCI0_CID_PCI in dsdt
+    assert PCI0_HID_PCI not in dsdt
+
+
 def test_processor_devices_follow_cpus():
     dsdt = build_acpi_tables(AcpiConfig(cpus=2)).get("DSDT").data
     assert dsdt.count(b"ACPI0007\0") == 2

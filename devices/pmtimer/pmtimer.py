@@ -28,9 +28,10 @@ class CounterDescription:
 
 
 class PmTimer:
-    def __init__(self, now_fn: Callable[[], float] = time.monotonic):
+    def __init__(self, now_fn: Callable[[], float] = time.monotonic, epoch: float | None = None):
+        """``epoch`` is when the counter read zero; a restarted timer is given its predecessor's."""
         self.now_fn = now_fn
-        self.epoch = now_fn()
+        self.epoch = now_fn() if epoch is None else epoch
 
     def counter(self) -> CounterDescription:
         return CounterDescription(PM_TIMER_FREQUENCY, self.epoch, PM_TIMER_WIDTH)

@@ -89,6 +89,19 @@ class Uart16550:
         self.thr_interrupt = False  # THRE interrupt pending until IIR read or THR write
         self._update_irq()
 
+    # -- state for snapshots ------------------------------------------------------------
+    def snapshot(self) -> dict:
+        return {"ier": self.ier, "lcr": self.lcr, "mcr": self.mcr, "scr": self.scr, "divisor": self.divisor,
+                "fifo": self.fifo_enabled, "rx": bytes(self.rx), "overrun": self.overrun,
+                "thri": self.thr_interrupt}
+
+    def restore(self, state: dict) -> None:
+        self.ier, self.lcr, self.mcr = state["ier"], state["lcr"], state["mcr"]
+        self.scr, self.divisor, self.fifo_enabled = state["scr"], state["divisor"], state["fifo"]
+        self.rx = deque(state["rx"][:RX_BUFFER_LIMIT])
+        self.overrun, self.thr_interrupt = state["overrun"], state["thri"]
+        self._update_irq()
+
     # -- host side ------------------------------------------------------------------
     def receive(self, data: bytes) -> int:
         """Queue bytes typed on the console; returns how many were accepted."""

@@ -1,0 +1,125 @@
+"""The core's handle on a device process.
+
+``DeviceProxy.window(n)`` is a bus device with the same read/write contract as
+an in-process model. Writes are posted. Reads are synchronous, after every
+write before them (the channel keeps order), except reads of registers the
+device declared side-effect free (ipc/fastpath.py), which the core answers
+itself. If the device dies mid-call, the call waits for the supervisor to
+restart it and then tries once more; a device that stays dead answers all ones.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+
+from .channel import Channel, ChannelClosed
+from .fastpath import Counter
+from .protocol import Msg, ProtocolError
+
+log = logging.getLogger("vmboot.ipc")
+
+CALL_TIMEOUT = 10.0  # seconds; a healthy device answers in microseconds
+RESTART_WAIT = 10.0
+
+
+class DeviceGone(Exception):
+    """The device is dead and will not be back."""
+
+
+class DeviceProxy:
+    def __init__(self, name: str):
+        self.name = name
+        self.lock = threading.RLock()
+        self.ctl: Channel | None = None
+        self.counters: list[Counter] = []
+        self._seq = itertools.count(1)
+        self._alive = threading.Condition(self.lock)
+        self.generation = 0  # bumps at every (re)start
+        self.dead_for_good = False
+        self.stats = {"calls": 0, "posted": 0, "fast": 0}
+
+    # -- wiring (by the supervisor) ---------------------------------------------------
+    def attach(self, ctl: Channel, counters: list[Counter]) -> None:
+        with self.lock:
+            self.ctl = ctl
+            self.counters = counters
+            self.generation += 1
+            self._alive.notify_all()
+
+    def detach(self, for_good: bool) -> None:
+        with self.lock:
+            self.ctl = None
+            self.dead_for_good = for_good
+            self._alive.notify_all()
+
+    def _channel(self) -> Channel:
+        """The live channel, waiting for a restart if the device is between lives."""
+        if self.ctl is None:
+            if not self.dead_for_good:
+                self._alive.wait_for(lambda: self.ctl is not None or self.dead_for_good, RESTART_WAIT)
+            if self.ctl is None:
+                raise DeviceGone(self.name)
+        return self.ctl
+
+    # -- requests --------------------------------------------------------------------------------
+    def call(self, kind: Msg, *fields):
+        """A request and its reply. Retries once across a restart."""
+        with self.lock:
+            for attempt in (1, 2):
+                ctl = self._channel()
+                seq = next(self._seq) & 0xFFFFFFFF
+                try:
+                    ctl.send(kind, seq, *fields)
+                    while True:
+                        msg = ctl.recv(CALL_TIMEOUT)
+                        if msg[0] is Msg.REPLY and msg[1] == seq:
+                            self.stats["calls"] += 1
+                            return msg[2]
+                        if msg[0] is Msg.ERROR and msg[1] in (seq, None):
+                            raise ProtocolError(f"device {self.name} refused {kind.name}: {msg[2]}")
+                        log.debug("%s: stray %s on the control channel", self.name, msg[0].name)
+                except (ChannelClosed, TimeoutError):
+                    if ctl is self.ctl:
+                        self.ctl = None  # the supervisor will attach a new one, or give up
+                    if attempt == 2:
+                        raise DeviceGone(self.name) from None
+
+    def post(self, kind: Msg, *fields) -> None:
+        with self.lock:
+            try:
+                self._channel().send(kind, *fields)
+                self.stats["posted"] += 1
+            except (ChannelClosed, DeviceGone):
+                pass  # a posted write to a dead device is lost, as on a bus with nothing there
+
+    def window(self, index: int) -> "Window":
+        return Window(self, index)
+
+
+class Window:
+    """One register window of a device process, as the bus sees it."""
+
+    def __init__(self, proxy: DeviceProxy, index: int):
+        self.proxy = proxy
+        self.index = index
+
+    def read(self, offset: int, size: int) -> bytes:
+        for counter in self.proxy.counters:
+            if counter.window == self.index:
+                data = counter.read(offset, size)
+                if data is not None:
+                    self.proxy.stats["fast"] += 1
+                    return data
+        try:
+            data = self.proxy.call(Msg.READ, self.index, offset, size)
+        except (DeviceGone, ProtocolError) as err:
+            log.debug("%s", err)
+            return b"\xff" * size
+        if type(data) is not bytes or len(data) != size:
+            log.warning("device %s answered a %d-byte read with %r", self.proxy.name, size, type(data).__name__)
+            return b"\xff" * size
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.proxy.post(Msg.WRITE, self.index, offset, bytes(data))

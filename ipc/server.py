@@ -1,0 +1,140 @@
+"""The device side of the protocol: one loop that serves a hosted device.
+
+It answers the core's requests on the control channel, posts events on the
+event channel, and wakes for any extra descriptors the device watches (a
+virtio device's kick eventfds). A request that fails to decode, or that the
+device rejects, gets an ERROR reply and a log line; the loop goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+from typing import Callable, Protocol
+
+from .channel import Channel, ChannelClosed
+from .protocol import PROTOCOL_VERSION, Msg, ProtocolError
+
+log = logging.getLogger("vmboot.device")
+
+
+class Hosted(Protocol):
+    """What a device process serves (see vmboot.devices.host)."""
+
+    name: str
+    windows: dict  # window number -> model with read(offset, size) / write(offset, data)
+    watch: dict[int, Callable[[], None]]  # extra fds to wake for
+
+    def info(self) -> dict: ...
+
+    def handle(self, kind: Msg, fields: list) -> object: ...
+
+
+class DeviceServer:
+    def __init__(self, ctl: Channel, evt: Channel, hosted: Hosted, test_hooks: bool = False):
+        self.ctl = ctl
+        self.evt = evt
+        self.hosted = hosted
+        self.test_hooks = test_hooks
+        self.running = True
+        self.rejected = 0
+
+    def post(self, *fields) -> None:
+        """Send an event to the core (posted)."""
+        try:
+            self.evt.send(*fields)
+        except ChannelClosed:
+            self.running = False
+
+    def serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.ctl.fileno(), select.POLLIN)
+        for fd in self.hosted.watch:
+            poller.register(fd, select.POLLIN)
+        ctl = self.ctl.fileno()
+        while self.running:
+            for fd, events in poller.poll():
+                if fd == ctl:
+                    self._serve_one()
+                else:
+                    self.hosted.watch[fd]()
+
+    def _serve_one(self) -> None:
+        try:
+            msg = self.ctl.recv()
+        except ChannelClosed:
+            self.running = False  # the core is gone: so are we
+            return
+        except ProtocolError as err:
+            self._reject(None, str(err))
+            return
+        kind, fields = msg[0], msg[1:]
+        seq = fields[0] if kind not in (Msg.WRITE, Msg.SHUTDOWN, Msg.HELLO) and fields else None
+        try:
+            if kind is Msg.READ:
+                _, window, offset, size = fields
+                self.ctl.send(Msg.REPLY, seq, self._window(window).read(offset, size))
+            elif kind is Msg.WRITE:
+                window, offset, data = fields
+                self._window(window).write(offset, data)
+                self.hosted.after_write(self.post)
+            elif kind is Msg.SHUTDOWN:
+                self.running = False
+            elif kind is Msg.TEST:
+                self.ctl.send(Msg.REPLY, seq, self._test(fields[1]))
+            elif kind in (Msg.RESET, Msg.SNAPSHOT, Msg.RESTORE, Msg.INPUT, Msg.ACTIVATE):
+                self.ctl.send(Msg.REPLY, seq, self.hosted.handle(kind, fields))
+            else:
+                raise ProtocolError(f"{kind.name} is not a request")
+        except ChannelClosed:
+            self.running = False
+        except (ProtocolError, ValueError, KeyError, TypeError, IndexError, OSError) as err:
+            self._reject(seq, f"{kind.name}: {err}")
+
+    def _window(self, window: int):
+        try:
+            return self.hosted.windows[window]
+        except KeyError:
+            raise ProtocolError(f"no register window {window}") from None
+
+    def _reject(self, seq: int | None, why: str) -> None:
+        self.rejected += 1
+        log.warning("%s: rejected a message: %s", self.hosted.name, why)
+        try:
+            self.ctl.send(Msg.ERROR, seq, why[:4096])
+        except ChannelClosed:
+            self.running = False
+
+    def _test(self, what: str) -> str:
+        """Test-only hooks: make the device misbehave on purpose."""
+        if not self.test_hooks:
+            raise ProtocolError("test hooks are off")
+        if what == "openat":
+            os.open("/etc/passwd", os.O_RDONLY)  # forbidden by every policy: SIGSYS
+        elif what == "abort":
+            os.abort()
+        return "survived"
+
+
+def hello(ctl: Channel, info_for: Callable[[str, dict], dict]) -> tuple[str, dict]:
+    """Answer the core's HELLO; returns the device name and parameters it sent."""
+    msg = ctl.recv(timeout=30)
+    if msg[0] is not Msg.HELLO or len(msg) != 4:
+        raise ProtocolError("the core must speak first, with HELLO")
+    _, version, name, params = msg
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"core speaks protocol {version}, this device {PROTOCOL_VERSION}")
+    if type(name) is not str or type(params) is not dict:
+        raise ProtocolError("malformed HELLO")
+    ctl.send(Msg.HELLO, PROTOCOL_VERSION, info_for(name, params))
+    return name, params
+
+
+def log_to_stderr(name: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"vmboot-core: device {name}: %(message)s"))
+    root = logging.getLogger("vmboot")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper() if level != "warn" else "WARNING")
+    root.propagate = False

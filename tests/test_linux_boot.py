@@ -1,0 +1,69 @@
+"""A real OS from a virtio disk through the firmware: CloudHv boots a Debian kernel (UKI)
+on the emulate backend, its initramfs checks what it was given and powers off."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vmboot.assets.guest import fresh_copy, guest_dir, load_manifest, parse_console
+
+pytestmark = pytest.mark.firmware
+
+ACPI_TROUBLE = re.compile(r"ACPI (BIOS )?(Error|Warning)|ACPI Exception|\bAE_[A-Z_]+|acpi.*fail", re.I)
+# The one expected note: the platform offers no ECAM (design.md: the firmware uses port 0xCF8),
+# so Linux says it cannot reach extended configuration space, as on QEMU's i440fx machine.
+NO_ECAM = "acpi PNP0A03:00: fail to add MMCONFIG information, can't access extended PCI configuration space"
+
+
+@pytest.fixture(scope="module")
+def images():
+    return guest_dir()
+
+
+@pytest.mark.parametrize("devices", ["sandboxed", "inproc"])
+def test_linux_boots_from_the_disk_and_powers_off(firmware, images, tmp_path, devices):
+    manifest = load_manifest(images)
+    disks = fresh_copy(tmp_path, images)
+    serial = tmp_path / "serial.log"
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmboot.core.cli", "--firmware", str(firmware), "--accel", "emulate",
+         "--devices", devices, "--disk", f"path={disks.esp}", "--disk", f"path={disks.data}",
+         "--serial", f"file={serial}"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - t0
+    console = serial.read_text(errors="replace")
+    assert proc.returncode == 0, f"{proc.stderr}\n{console[-3000:]}"
+    assert proc.stderr == ""
+
+    # The firmware booted the UKI from the first virtio disk.
+    assert "BdsDxe: starting Boot0001" in console
+    assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID device path" in console
+    assert console.count("Linux version 6.1.0") == 1, "the guest rebooted"
+    assert "Run /init as init process" in console
+
+    report = parse_console(console)
+    assert report.failures == []
+    assert {"FACP", "DSDT", "APIC"} <= set(report.acpi)
+    assert report.disks == {"vda": manifest["esp"]["size"], "vdb": manifest["data"]["size"]}
+    rtc = dt.datetime.strptime(report.rtc, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    assert started - dt.timedelta(seconds=5) <= rtc <= started + dt.timedelta(seconds=elapsed + 5)
+    assert report.clocksource in ("tsc", "acpi_pm")
+    assert report.data_sha256 == manifest["pattern"]["sha256"]
+    assert report.wrote == "HELLO.TXT"
+    assert "reboot: Power down" in console
+
+    # No ACPI complaint in the kernel log.
+    trouble = [line for line in console.splitlines() if ACPI_TROUBLE.search(line)]
+    assert [line for line in trouble if NO_ECAM not in line] == []
+    assert len(trouble) == 1, "Linux found an ECAM it should not have"
+
+    # The guest's write is on the disk image.
+    hello = subprocess.run(["mtype", "-i", str(disks.data), "::/HELLO.TXT"], capture_output=True, check=True)
+    assert hello.stdout.decode() == manifest["hello"]["text"]

@@ -1,0 +1,99 @@
+"""With the default flags every device runs in its own sandboxed process: check each one."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from .console import Console
+from .kernels import write_kernel
+from .sidecars import (
+    CAPABILITY_FIELDS, NAMESPACES, alive, descendants, device_processes, fd_targets, make_fat_disk, namespace, status,
+)
+
+DEVICES = {"serial", "rtc", "pmtimer", "debugcon", "virtio_blk"}
+
+
+def wait_for_devices(core_pid: int, kinds: set[str], timeout: float = 30) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = device_processes(core_pid)
+        if set(found) >= kinds and all(status(pid).get("Seccomp") == "2" for pid in found.values()):
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"devices {kinds - set(device_processes(core_pid))} never came up sandboxed")
+
+
+def check_sandboxed(core_pid: int, kind: str, pid: int) -> None:
+    st = status(pid)
+    assert st["Seccomp"] == "2", f"{kind}: seccomp filter mode"
+    assert st["Seccomp_filters"] == "1", kind
+    assert st["NoNewPrivs"] == "1", kind
+    for cap in CAPABILITY_FIELDS:
+        assert int(st[cap], 16) == 0, f"{kind}: {cap} = {st[cap]}"
+    for ns in NAMESPACES:
+        assert namespace(pid, ns) != namespace(core_pid, ns), f"{kind} shares the core's {ns} namespace"
+    assert os.listdir(f"/proc/{pid}/root") == [], f"{kind} can see files"
+    targets = fd_targets(pid)
+    assert not any(t == "/dev/kvm" or t.startswith("anon_inode:kvm") for t in targets), f"{kind} holds {targets}"
+
+
+def test_devices_are_sandboxed_processes_while_the_shell_runs(firmware, tmp_path):
+    disk = make_fat_disk(tmp_path / "disk.img", files={"HELLO.TXT": b"sandboxed\n"})
+    with Console("--firmware", str(firmware), "--accel", "emulate", "--disk", f"path={disk}") as console:
+        console.expect(b"Shell> ", timeout=60)
+        core = console.proc.pid
+        devices = wait_for_devices(core, DEVICES)
+        everything = descendants(core)
+        for kind, pid in devices.items():
+            check_sandboxed(core, kind, pid)
+        # Only the disk device maps guest memory and holds the disk.
+        blk = fd_targets(devices["virtio_blk"])
+        assert any(t.startswith("/memfd:vmboot-ram") for t in blk) and str(disk) in blk
+        for kind in DEVICES - {"virtio_blk"}:
+            targets = fd_targets(devices[kind])
+            assert not any("memfd" in t or str(disk) in t for t in targets), f"{kind}: {targets}"
+        # The guest sees the disk through the sandboxed device.
+        assert "sandboxed" in console.command("type fs0:\\HELLO.TXT")
+        console.type("reset -s\r")
+        assert console.wait(30) == 0
+    assert alive(everything) == set(), "device processes outlived vmboot-core"
+
+
+def test_kvm_fds_stay_in_the_core(tmp_path):
+    # A KVM VM (KVM-PVM runs this small kernel) with sandboxed devices: the core
+    # holds /dev/kvm and the VM fd, no device does.
+    kernel = write_kernel(tmp_path, "spin", "out_byte 'k'\nspin: pause\njmp spin")
+    disk = make_fat_disk(tmp_path / "disk.img")
+    with Console("--kernel", str(kernel), "--accel", "kvm", "--disk", f"path={disk}") as console:
+        core = console.proc.pid
+        devices = wait_for_devices(core, DEVICES)
+        core_fds = fd_targets(core)
+        assert "/dev/kvm" in core_fds and "anon_inode:kvm-vm" in core_fds
+        for kind, pid in devices.items():
+            check_sandboxed(core, kind, pid)
+        everything = descendants(core)
+        console.proc.send_signal(signal.SIGTERM)
+        assert console.wait(30) == 4
+    assert alive(everything) == set()
+
+
+def test_inproc_devices_run_in_the_core(firmware):
+    with Console("--firmware", str(firmware), "--accel", "emulate", "--devices", "inproc") as console:
+        console.expect(b"Shell> ", timeout=60)
+        assert device_processes(console.proc.pid) == {}
+        assert "UEFI Interactive Shell" in console.command("ver")
+        console.type("reset -s\r")
+        assert console.wait(30) == 0
+
+
+@pytest.mark.parametrize("mode, status_line", [("false", "0"), ("log", "2")])
+def test_seccomp_flag(firmware, mode, status_line):
+    with Console("--firmware", str(firmware), "--accel", "emulate", "--seccomp", mode) as console:
+        console.expect(b"Shell> ", timeout=60)
+        devices = device_processes(console.proc.pid)
+        assert devices and all(status(pid)["Seccomp"] == status_line for pid in devices.values())
+        console.type("reset -s\r")
+        assert console.wait(30) == 0
