@@ -14,6 +14,7 @@ virtio disk, mid-request) ends the VM with an error.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -98,6 +99,18 @@ class Sidecar:
         return int(children[0]) if children else None
 
 
+def trace_file(directory: str, kind: str) -> str:
+    """DIR/KIND.strace for the first process of a kind, then DIR/KIND.1.strace, ... (policies/trace.py).
+    The file is claimed here, not by strace, so that two devices started together get two."""
+    for n in itertools.count():
+        path = os.path.join(directory, f"{kind}.strace" if n == 0 else f"{kind}.{n}.strace")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            return path
+        except FileExistsError:
+            continue
+
+
 class Sidecars:
     """Every device process of one VM, and the threads that listen to them."""
 
@@ -155,7 +168,7 @@ class Sidecars:
         cmd = []
         trace = os.environ.get(TRACE_ENV)
         if trace:
-            cmd = ["strace", "-f", "-qq", "-o", os.path.join(trace, f"{sidecar.kind}.strace")]
+            cmd = ["strace", "-f", "-qq", "-o", trace_file(trace, sidecar.kind)]
         cmd += [sys.executable, "-m", "vmboot.devices.process", sidecar.kind,
                 "--ctl-fd", str(ctl_fd), "--evt-fd", str(evt_fd), "--root", self.runtime,
                 "--seccomp", self.seccomp, "--fsize", str(sidecar.fsize)]

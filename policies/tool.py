@@ -74,7 +74,8 @@ def check(trace_dir: Path | None, directory: Path) -> int:
 def report(proof: Proof, trace_dir: Path) -> None:
     for name, trace in proof.traced.items():
         used = trace.used()
-        print(f"{name}: {trace.path.name}: {len(used)} syscalls, {sum(used.values())} calls after seccomp")
+        files = f" and {trace.files - 1} more" if trace.files > 1 else ""
+        print(f"{name}: {trace.path.name}{files}: {len(used)} syscalls, {sum(used.values())} calls after seccomp")
     for name in proof.untraced:
         print(f"untraced: {name} (no {trace_dir / (name + '.strace')}): its lines are unproven")
     for rule in proof.unused:

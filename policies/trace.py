@@ -53,6 +53,7 @@ class Trace:
     path: Path
     device_pid: int | None = None  # the pid that installed the filter
     calls: list[Call] = field(default_factory=list)  # every syscall the device started after it
+    files: int = 1  # how many processes' trace files were merged into this one
 
     def used(self) -> Counter:
         return Counter(c.name for c in self.calls)
@@ -233,6 +234,24 @@ def prove(policies: dict[str, Policy], traces: dict[str, Trace]) -> Proof:
     return proof
 
 
+def trace_files(directory: Path, name: str) -> list[Path]:
+    """DIR/NAME.strace, then DIR/NAME.N.strace: one per process of that kind (two disks, a restart)."""
+    first = directory / f"{name}.strace"
+    more = sorted(directory.glob(f"{name}.*.strace"), key=lambda p: int(p.suffixes[-2][1:])
+                  if p.suffixes[-2][1:].isdigit() else -1)
+    return ([first] if first.is_file() else []) + [p for p in more if p.suffixes[-2][1:].isdigit()]
+
+
 def read_traces(directory: Path, names: list[str]) -> dict[str, Trace]:
-    """DIR/NAME.strace for every device that has one."""
-    return {n: read_trace(directory / f"{n}.strace") for n in names if (directory / f"{n}.strace").is_file()}
+    """Every device's trace; the files of one kind of device make one trace."""
+    traces = {}
+    for name in names:
+        files = trace_files(directory, name)
+        if not files:
+            continue
+        trace = read_trace(files[0])
+        for path in files[1:]:
+            trace.calls += read_trace(path).calls
+        trace.files = len(files)
+        traces[name] = trace
+    return traces

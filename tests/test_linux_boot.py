@@ -3,6 +3,7 @@ on the emulate backend, its initramfs checks what it was given and powers off.""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import subprocess
 import sys
@@ -67,3 +68,35 @@ def test_linux_boots_from_the_disk_and_powers_off(firmware, images, tmp_path, de
     # The guest's write is on the disk image.
     hello = subprocess.run(["mtype", "-i", str(disks.data), "::/HELLO.TXT"], capture_output=True, check=True)
     assert hello.stdout.decode() == manifest["hello"]["text"]
+
+
+def test_the_devices_of_a_linux_boot_need_nothing_their_policies_refuse(firmware, images, tmp_path):
+    """Every device under strace through a whole Linux boot: each syscall it made after
+    seccomp is one its policy allows, with those arguments. (The policies' own test proves
+    each line needed, with policies/workload.py; a boot does not use them all.)"""
+    from vmboot.policies.compiler import device_names, load_policy
+    from vmboot.policies.trace import prove, read_traces
+
+    disks = fresh_copy(tmp_path, images)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmboot.core.cli", "--firmware", str(firmware), "--accel", "emulate",
+         "--disk", f"path={disks.esp}", "--disk", f"path={disks.data}",
+         "--serial", f"file={tmp_path / 'serial.log'}"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, VMBOOT_DEVICE_TRACE=str(traces)))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in traces.iterdir()) == [
+        "debugcon.strace", "pmtimer.strace", "rtc.strace", "serial.strace",
+        "virtio_blk.1.strace", "virtio_blk.strace"]  # one file per process: two disks
+
+    names = device_names()
+    proof = prove({n: load_policy(n) for n in names}, read_traces(traces, names))
+    assert proof.untraced == []
+    assert {n: dict(m) for n, m in proof.missing.items()} == {n: {} for n in names}
+    assert proof.refused == {n: {} for n in names}
+    used = {n: proof.traced[n].used() for n in names}
+    assert used["virtio_blk"]["preadv2"] > 100 and used["virtio_blk"]["pwritev2"] > 0  # the guest's write
+    assert proof.traced["virtio_blk"].files == 2
+    assert used["serial"]["sendto"] > 1000  # the kernel's console, a message per byte or line
