@@ -13,8 +13,9 @@ from .console import CrLfHandler, SerialConsole
 from .errors import VmbootError
 from .events import Outcome, Stop
 from .kvm.system import host_has_hw_virt, kvm_flavour
-from .machine import Machine
+from .sidecar import TRACE_ENV
 from .stats import BootClock
+from .zygote import Zygote
 
 PROG = "vmboot-core"
 log = logging.getLogger("vmboot")
@@ -55,21 +56,36 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_status
     setup_logging(config.log_level)
 
-    console = None
+    console = zygote = None
     try:
         accel = choose_accel(config.accel)
+        zygote = start_zygote(config)
         console = SerialConsole(config.serial.mode, config.serial.path)
-        stop = run_until_done(config, accel, console, started)
+        stop = run_until_done(config, accel, console, started, zygote)
     except VmbootError as err:
         stop = Stop(Outcome.ERROR, str(err))
     finally:
         if console is not None:
             console.close()  # the terminal leaves raw mode before the last line is printed
+        if zygote is not None:
+            zygote.close()
     return report_end(stop)
 
 
-def run_until_done(config, accel: str, console: SerialConsole, started: float) -> Stop:
+def start_zygote(config) -> Zygote | None:
+    """The device zygote, started before the machine's modules are imported so that its start
+    (an interpreter and its imports) runs beside the core's; one for the VM's whole life."""
+    if config.devices != "sandboxed" or os.environ.get(TRACE_ENV):
+        return None
+    zygote = Zygote()
+    zygote.start()
+    return zygote
+
+
+def run_until_done(config, accel: str, console: SerialConsole, started: float, zygote: Zygote | None) -> Stop:
     """Run the VM, restarting it when the guest resets, until it ends for another reason."""
+    from .machine import Machine  # the heaviest import, after the zygote's start (see start_zygote)
+
     quit_requested = threading.Event()
     current: list[Machine] = []
 
@@ -82,7 +98,7 @@ def run_until_done(config, accel: str, console: SerialConsole, started: float) -
     signal.signal(signal.SIGTERM, request_quit)
     signal.signal(signal.SIGINT, request_quit)
     while True:
-        machine = Machine(config, accel, console, BootClock(started))
+        machine = Machine(config, accel, console, BootClock(started), zygote)
         current[:] = [machine]
         if quit_requested.is_set():
             machine.events.request(Outcome.QUIT, "stopped by the user")

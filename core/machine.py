@@ -20,6 +20,7 @@ from .events import Stop, VmEvents
 from .memory import GuestMemory
 from .platform import Platform
 from .sidecar import Sidecars
+from .zygote import Zygote
 from .stats import BootClock, ConsoleMilestones, report
 from .virtio_host import VirtioDevices
 
@@ -53,7 +54,8 @@ class DebugOutput:
 
 
 class Machine:
-    def __init__(self, config: VmConfig, accel: str, console: SerialConsole, clock: BootClock):
+    def __init__(self, config: VmConfig, accel: str, console: SerialConsole, clock: BootClock,
+                 zygote: Zygote | None = None):
         self.config = config
         self.console = console
         self.clock = clock
@@ -74,7 +76,8 @@ class Machine:
             if config.debugcon.mode == "file":
                 self.debug_out = DebugOutput(config.debugcon.path)
             if config.devices == "sandboxed":
-                self.sidecars = Sidecars(config.seccomp, config.log_level, on_fatal=self.events.error)
+                self.sidecars = Sidecars(config.seccomp, config.log_level, on_fatal=self.events.error,
+                                         zygote=zygote)
             self.platform = Platform(
                 self.events, self.backend.irq_line, serial_out=console.write,
                 debug_out=self.debug_out.write if self.debug_out else None, sidecars=self.sidecars,

@@ -1,12 +1,15 @@
 """Device processes: starting them sandboxed, hearing from them, noticing when they die.
 
-Each device runs as ``python -m vmboot.devices.process KIND ...``. It creates
-its own user, mount, PID, IPC and network namespaces and forks: the device is
-PID 1 of the new PID namespace, and the process the core started stays behind
-as a reaper that ends exactly as the device did (devices/sandbox.py). Both die
-with the core (PR_SET_PDEATHSIG on each), and the core reaps the reaper.
+Each device is forked from the VM's device zygote (core/zygote.py,
+devices/zygote.py), or, to trace it, started as ``python -m
+vmboot.devices.process KIND ...`` under strace; from there both run the same
+code. The forked process creates its own user, mount, PID, IPC and network
+namespaces and forks again: the device is PID 1 of the new PID namespace, and
+the first process stays behind as a reaper that ends exactly as the device did
+(devices/sandbox.py). Each dies with its parent (PR_SET_PDEATHSIG), so nothing
+outlives the core.
 
-The supervisor waits on every wrapper; a death is noticed at once and named
+The supervisor waits on every reaper; a death is noticed at once and named
 ("device rtc killed by SIGSYS: syscall openat"). A device whose state the core
 holds (the RTC's last snapshot) or that has none (the PM timer, the debug
 ports) is started again and the guest carries on; one that cannot be (a
@@ -35,6 +38,7 @@ from vmboot.ipc.protocol import PROTOCOL_VERSION, Msg, ProtocolError
 from vmboot.ipc.proxy import DeviceProxy
 
 from .errors import VmbootError
+from .zygote import Zygote, ZygoteChild
 
 log = logging.getLogger("vmboot.sidecar")
 
@@ -73,7 +77,7 @@ class Sidecar:
     fds: dict[str, int] = field(default_factory=dict)  # descriptors handed to the device, by name
     fsize: int = 0
     proxy: DeviceProxy = None
-    process: subprocess.Popen | None = None
+    process: ZygoteChild | subprocess.Popen | None = None  # the reaper of the device's namespaces
     evt: Channel | None = None
     info: dict = field(default_factory=dict)
     snapshot: dict | None = None
@@ -114,7 +118,10 @@ def trace_file(directory: str, kind: str) -> str:
 class Sidecars:
     """Every device process of one VM, and the threads that listen to them."""
 
-    def __init__(self, seccomp: str = "kill", log_level: str = "warn", on_fatal: Callable[[str], None] = None):
+    def __init__(self, seccomp: str = "kill", log_level: str = "warn", on_fatal: Callable[[str], None] = None,
+                 zygote: Zygote | None = None):
+        """``zygote``: the one to fork the devices from, which outlives this VM (vmboot-core
+        keeps one across guest resets); without one, the devices get a zygote of their own."""
         self.seccomp = seccomp
         self.log_level = log_level
         self.on_fatal = on_fatal or (lambda message: None)
@@ -128,6 +135,8 @@ class Sidecars:
         self._event_thread.start()
         # Device processes die with the thread that started them (PR_SET_PDEATHSIG
         # follows the parent thread), so one long-lived thread starts them all.
+        self._own_zygote = zygote is None and not os.environ.get(TRACE_ENV)
+        self._zygote = None if os.environ.get(TRACE_ENV) else zygote or Zygote()
         self._spawn_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._spawner = threading.Thread(target=self._spawn_loop, name="device-spawner", daemon=True)
         self._spawner.start()
@@ -165,10 +174,8 @@ class Sidecars:
             self.on_fatal(str(err))
 
     def _command(self, sidecar: Sidecar, ctl_fd: int, evt_fd: int) -> list[str]:
-        cmd = []
-        trace = os.environ.get(TRACE_ENV)
-        if trace:
-            cmd = ["strace", "-f", "-qq", "-o", trace_file(trace, sidecar.kind)]
+        """A device as its own program, under strace (VMBOOT_DEVICE_TRACE)."""
+        cmd = ["strace", "-f", "-qq", "-o", trace_file(os.environ[TRACE_ENV], sidecar.kind)]
         cmd += [sys.executable, "-m", "vmboot.devices.process", sidecar.kind,
                 "--ctl-fd", str(ctl_fd), "--evt-fd", str(evt_fd), "--root", self.runtime,
                 "--seccomp", self.seccomp, "--fsize", str(sidecar.fsize)]
@@ -183,11 +190,16 @@ class Sidecars:
         evt, evt_theirs = channel_pair()
         passed = [ctl_theirs.fileno(), evt_theirs.fileno(), *sidecar.fds.values()]
         try:
-            # Its own session: a Ctrl-C on the terminal is for vmboot-core, not for the devices.
             sidecar.spawned_at = time.monotonic()
-            sidecar.process = subprocess.Popen(
-                self._command(sidecar, ctl_theirs.fileno(), evt_theirs.fileno()),
-                pass_fds=passed, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+            if self._zygote is not None:
+                sidecar.process = self._zygote.spawn(sidecar.kind, {
+                    "root": self.runtime, "seccomp": self.seccomp, "fsize": sidecar.fsize,
+                    "test_hooks": os.environ.get(TEST_HOOKS_ENV) == "1",
+                }, {"ctl": ctl_theirs.fileno(), "evt": evt_theirs.fileno(), **sidecar.fds})
+            else:  # its own program, to run under strace; its own session, as the zygote's
+                sidecar.process = subprocess.Popen(
+                    self._command(sidecar, ctl_theirs.fileno(), evt_theirs.fileno()),
+                    pass_fds=passed, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
         except OSError as err:
             raise VmbootError(f"cannot start device {sidecar.name}: {err.strerror}") from None
         finally:
@@ -359,6 +371,8 @@ class Sidecars:
                 except subprocess.TimeoutExpired:
                     self._kill(sidecar)
         self._spawn_queue.put(None)
+        if self._own_zygote:
+            self._zygote.close()
         os.write(self._poller_wake_w, b"x")
         self._event_thread.join(EVENT_DRAIN_TIMEOUT)
         if self._event_thread.is_alive():  # it keeps its wake pipe until the process ends

@@ -7,6 +7,7 @@ becomes an event posted to the core.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from typing import Callable
@@ -57,6 +58,19 @@ class HostedSerial(Hosted):
             taken = self.state.receive(fields[1])
             return taken
         return super().handle(kind, fields)
+
+
+# Everything build() may import, for the zygote to import once before it forks.
+MODULES = (
+    "vmboot.devices.rtc.cmos", "vmboot.devices.pmtimer.pmtimer", "vmboot.ipc.fastpath",
+    "vmboot.devices.serial.uart16550", "vmboot.devices.debugcon.debugcon", "vmboot.core.memory",
+    "vmboot.core.pci.virtio_pci", "vmboot.devices.virtio.worker", "vmboot.devices.virtio_blk.blk",
+)
+
+
+def preload() -> None:
+    for module in MODULES:
+        importlib.import_module(module)
 
 
 def build(kind: str, params: dict, fds: dict[str, int], post: Post) -> Hosted:

@@ -11,11 +11,13 @@ as end-of-file.
 """
 from __future__ import annotations
 
+import array
 import errno
+import os
 import select
 import socket
 
-from .protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode
+from .protocol import MAX_FDS, MAX_MESSAGE_BYTES, ProtocolError, decode, encode
 
 SOCKET_BUFFER = 4 * MAX_MESSAGE_BYTES
 
@@ -56,6 +58,37 @@ class Channel:
             self.sock.send(data)
         except (BrokenPipeError, ConnectionResetError):
             raise ChannelClosed() from None
+
+    def send_with_fds(self, fds: list[int], *fields) -> None:
+        """One message and descriptors with it (SCM_RIGHTS); the receiver gets copies."""
+        try:
+            socket.send_fds(self.sock, [encode(*fields)], fds)
+        except (BrokenPipeError, ConnectionResetError):
+            raise ChannelClosed() from None
+
+    def recv_with_fds(self, max_fds: int = MAX_FDS) -> tuple[list, list[int]]:
+        """The next message and the descriptors that came with it. On any error the
+        descriptors are closed before the exception leaves, so nothing leaks."""
+        try:
+            size, ancillary, flags, _ = self.sock.recvmsg_into([self._view], socket.CMSG_SPACE(4 * max_fds))
+        except ConnectionResetError:
+            raise ChannelClosed() from None
+        fds = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", data[:len(data) - len(data) % 4])
+        try:
+            if not size and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) and not fds:
+                raise ChannelClosed()
+            if flags & socket.MSG_CTRUNC:
+                raise ProtocolError(f"more than {max_fds} descriptors with one message")
+            if flags & socket.MSG_TRUNC or size > MAX_MESSAGE_BYTES:
+                raise ProtocolError(f"message over the {MAX_MESSAGE_BYTES}-byte limit")
+            return decode(bytes(self._view[:size])), fds
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
 
     def recv(self, timeout: float | None = None) -> list:
         """The next message, checked. Raises TimeoutError, ChannelClosed or ProtocolError."""

@@ -22,6 +22,7 @@ import msgpack
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 17  # 128 KiB: far above any legitimate message, below the socket buffers
 MAX_DATA_BYTES = 1 << 16  # bytes in one READ/WRITE/OUTPUT/INPUT
+MAX_FDS = 32  # descriptors passed with one message (SPAWN)
 
 
 class Msg(enum.IntEnum):
@@ -40,6 +41,9 @@ class Msg(enum.IntEnum):
     ACTIVATE = 13  # virtio: [ACTIVATE, seq, features, queues]  -> REPLY None
     DMA = 14  # device -> core (event): [DMA, [[gpa, length], ...]] posted
     TEST = 15  # [TEST, seq, what]: test hooks, refused unless the device runs with them
+    # Between the core and its device zygote (devices/zygote.py):
+    SPAWN = 16  # core -> zygote: [SPAWN, seq, kind, options, fd names] + the fds  -> REPLY pid
+    EXITED = 17  # zygote -> core: [EXITED, pid, returncode]      posted; returncode -N: killed by signal N
 
 
 class ProtocolError(Exception):
@@ -94,6 +98,14 @@ def _map(v: Any) -> bool:
     return type(v) is dict and len(v) <= 256 and all(type(k) is str for k in v)
 
 
+def _names(v: Any) -> bool:
+    return type(v) is list and len(v) <= MAX_FDS and all(type(n) is str and len(n) <= 64 for n in v)
+
+
+def _returncode(v: Any) -> bool:
+    return type(v) is int and -64 <= v <= 255  # an exit status, or minus a signal number
+
+
 SEQ, WINDOW, OFFSET = _uint(32), _uint(8), _uint(32)
 
 # What each message type must hold after its type tag, by direction.
@@ -113,6 +125,8 @@ SCHEMA: dict[Msg, tuple] = {
     Msg.ACTIVATE: (SEQ, _uint(64), _queues),
     Msg.DMA: (_dma_list,),
     Msg.TEST: (SEQ, _text),
+    Msg.SPAWN: (SEQ, _text, _map, _names),
+    Msg.EXITED: (_uint(32), _returncode),
 }
 
 

@@ -9,36 +9,25 @@ NAMESPACES = ("user", "mnt", "pid", "ipc", "net")
 CAPABILITY_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def device_processes(core_pid: int) -> dict[str, int]:
     """{device kind: pid} for the devices of the vmboot-core process ``core_pid``.
 
-    The core starts ``vmboot.devices.process``, which forks: the device is the
-    child, and its parent (a child of the core) only waits for it.
+    The core's zygote forks a reaper per device, which forks the device; each
+    names itself (/proc/PID/comm): "vmboot-zygote", "reap:KIND", "dev:KIND".
     """
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"vmboot.devices.process" not in argv:
-            continue
-        wrapper = _ppid(pid)
-        if wrapper is not None and _ppid(wrapper) == core_pid:
-            kind = argv[argv.index(b"vmboot.devices.process") + 1].decode()
-            found[kind] = pid
+    for pid in descendants(core_pid):
+        name = comm(pid)
+        if name.startswith("dev:"):
+            found[name[len("dev:"):]] = pid
     return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def descendants(pid: int) -> set[int]:

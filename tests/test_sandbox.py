@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from .console import Console
 from .kernels import write_kernel
 from .sidecars import (
-    CAPABILITY_FIELDS, NAMESPACES, alive, descendants, device_processes, fd_targets, make_fat_disk, namespace, status,
+    CAPABILITY_FIELDS, NAMESPACES, alive, comm, descendants, device_processes, fd_targets, make_fat_disk, namespace, status,
 )
 
 DEVICES = {"serial", "rtc", "pmtimer", "debugcon", "virtio_blk"}
@@ -55,6 +56,17 @@ def test_devices_are_sandboxed_processes_while_the_shell_runs(firmware, tmp_path
         for kind in DEVICES - {"virtio_blk"}:
             targets = fd_targets(devices[kind])
             assert not any("memfd" in t or str(disk) in t for t in targets), f"{kind}: {targets}"
+        # The zygote that forked them, and each device's reaper, keep none of it.
+        zygotes = [pid for pid in everything if comm(pid) == "vmboot-zygote"]
+        assert len(zygotes) == 1
+        held = sorted(re.sub(r"^socket:\[\d+\]$", "socket", os.readlink(f"/proc/{zygotes[0]}/fd/{fd}"))
+                      for fd in os.listdir(f"/proc/{zygotes[0]}/fd") if int(fd) > 2)  # past stdio
+        assert held == ["anon_inode:[pidfd]"] * len(DEVICES) + ["socket"], held  # its channel, a pidfd per device
+        reapers = {comm(pid) for pid in everything if comm(pid).startswith("reap:")}
+        assert reapers == {f"reap:{kind}" for kind in DEVICES}
+        for pid in everything:
+            if comm(pid).startswith("reap:"):
+                assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"], f"{comm(pid)}: {fd_targets(pid)}"
         # The guest sees the disk through the sandboxed device.
         assert "sandboxed" in console.command("type fs0:\\HELLO.TXT")
         console.type("reset -s\r")
