@@ -1,15 +1,14 @@
 """Disk throughput through virtio-blk's real request path, against the host's limit on the same file.
 
-    python bench/disk.py [--size-mib 256] [--seconds 3] [--depth 32] [--runner inproc] [--dir DIR]
+    python bench/disk.py [--size-mib 256] [--seconds 3] [--depth 8] [--runner sandboxed|inproc] [--dir DIR]
 
 vmboot's figures come from a guest driver (devices/virtio/driver.py) that writes
 virtio-blk requests into guest memory, publishes them in the available ring and
 kicks the queue's eventfd, exactly as a guest does; the device serves them from
 its queue worker and signals the call eventfd. Which device serves them is the
-runner: "inproc" is core.virtio_host.InprocBackend (a thread of the core). Another
-runner, such as the sandboxed device process, only has to be a function
-(memory, disk fd) -> a backend with the transport's VirtioBackend calls, added to
-RUNNERS.
+runner: "inproc" is core.virtio_host.InprocBackend (a thread of the core);
+"sandboxed" is the device process vmboot-core runs by default, which maps the
+memfd and is kicked and answers through the same eventfds.
 
 The host's limit is measured on the same file with the same kind of I/O: buffered
 (no O_DIRECT) and one request at a time, which is what the device issues:
@@ -42,7 +41,8 @@ from vmboot.core.disk import DiskSpec, open_disk
 from vmboot.core.errors import VmbootError
 from vmboot.core.memory import GuestMemory
 from vmboot.core.pci.virtio_pci import QueueSetup
-from vmboot.core.virtio_host import InprocBackend
+from vmboot.core.sidecar import Sidecars
+from vmboot.core.virtio_host import InprocBackend, sidecar_disk
 from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment
 from vmboot.devices.virtio.spec import VIRTIO_BLK_S_OK, VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_F_VERSION_1
 from vmboot.devices.virtio_blk.blk import VirtioBlk
@@ -65,7 +65,23 @@ def inproc_runner(memory: GuestMemory, fd: int):
     return InprocBackend(VirtioBlk(fd, readonly=True, name="bench"), memory)
 
 
-RUNNERS: dict[str, Callable] = {"inproc": inproc_runner}
+class SandboxedDisk:
+    """The sandboxed virtio-blk device process, as vmboot-core runs it (forked by a zygote,
+    seccomp in kill mode), behind the same backend interface."""
+
+    def __init__(self, memory: GuestMemory, fd: int):
+        self.sidecars = Sidecars("kill", "warn")
+        self.backend = sidecar_disk(self.sidecars, memory, VirtioBlk(fd, readonly=True, name="bench"), fd, "bench")
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def close(self) -> None:
+        self.sidecars.close()
+        self.backend.close()
+
+
+RUNNERS: dict[str, Callable] = {"inproc": inproc_runner, "sandboxed": SandboxedDisk}
 
 
 # -- the guest's side ------------------------------------------------------------------------------------
@@ -296,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=256, help="size of the test file (default 256)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each random-read run (default 3)")
     parser.add_argument("--depth", type=int, default=8, help="requests in flight in the guest (default 8)")
-    parser.add_argument("--runner", choices=sorted(RUNNERS), default="inproc", help="who serves the queue")
+    parser.add_argument("--runner", choices=sorted(RUNNERS), default="sandboxed", help="who serves the queue")
     parser.add_argument("--dir", default=os.environ.get("TMPDIR", "/tmp"), help="where the test file goes")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.depth < 1 or args.depth * 3 > QUEUE_SIZE or args.seconds <= 0:

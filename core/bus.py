@@ -13,7 +13,7 @@ the same way: the guest cannot crash the VM through a device model.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 log = logging.getLogger("vmboot.bus")

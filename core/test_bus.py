@@ -171,7 +171,10 @@ def test_a_device_that_raises_is_contained(bus, caplog):
     assert failures == ["device broken failed a read at 0x100, size 2; the access is ignored"]
 
 
-@pytest.mark.parametrize("answer, expected", [(b"\x01", b"\x01\xff\xff\xff"), (b"\x01\x02\x03\x04\x05", b"\x01\x02\x03\x04")])
+@pytest.mark.parametrize("answer, expected", [
+    (b"\x01", b"\x01\xff\xff\xff"),
+    (b"\x01\x02\x03\x04\x05", b"\x01\x02\x03\x04"),
+])
 def test_a_read_of_the_wrong_length_is_fixed_up_and_reported(bus, caplog, answer, expected):
     caplog.set_level(logging.INFO, logger="vmboot.bus")
     bus.register(0x100, 8, WrongLength(answer), "sloppy")

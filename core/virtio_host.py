@@ -96,6 +96,22 @@ class SidecarBackend:
             os.close(fd)
 
 
+def sidecar_disk(sidecars, memory, blk, fd: int, serial: str, on_dma_write=None) -> SidecarBackend:
+    """A virtio-blk device process for the disk ``fd``, described by ``blk`` (the same model,
+    which the process builds again from these parameters); it reports its writes to guest
+    memory to ``on_dma_write`` if given (the emulate backend must hear of them)."""
+    from .sidecar import Events, Sidecar
+
+    fds = {"memory": memory.fd, "disk": fd}
+    for i in range(blk.num_queues):
+        fds[f"kick{i}"], fds[f"call{i}"] = new_eventfds(2)
+    params = {"name": blk.name, "memory_size": memory.size, "readonly": blk.readonly,
+              "serial": serial, "report_dma": on_dma_write is not None}
+    events = Events(dma=on_dma_write) if on_dma_write is not None else Events()
+    sidecar = sidecars.add(Sidecar("virtio_blk", blk.name, params, "never", events, fds=fds, fsize=blk.size))
+    return SidecarBackend(blk, sidecar)
+
+
 class InterruptRelay:
     """One thread that turns device call eventfds into guest interrupts."""
 
@@ -165,15 +181,8 @@ class VirtioDevices:
         if self.sidecars is None:
             backend = InprocBackend(blk, self.memory, on_dma_write=self.cpu.dma_written)
         else:
-            from .sidecar import Events, Sidecar
-            fds = {"memory": self.memory.fd, "disk": fd}
-            for i in range(blk.num_queues):
-                fds[f"kick{i}"], fds[f"call{i}"] = new_eventfds(2)
-            params = {"name": name, "memory_size": self.memory.size, "readonly": spec.readonly,
-                      "serial": serial, "report_dma": self.cpu.name == "emulate"}
-            sidecar = self.sidecars.add(Sidecar("virtio_blk", name, params, "never",
-                                                Events(dma=self.cpu.dma_written), fds=fds, fsize=blk.size))
-            backend = SidecarBackend(blk, sidecar)
+            dma = self.cpu.dma_written if self.cpu.name == "emulate" else None
+            backend = sidecar_disk(self.sidecars, self.memory, blk, fd, serial, dma)
         self.backends.append(backend)
         slot = self.platform.pci.free_slot()
         transport = VirtioPciDevice(backend, name, PCI_CLASS_STORAGE_SCSI, msi=self.cpu,

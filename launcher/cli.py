@@ -22,7 +22,8 @@ vmboot.toml, beside the image, sets the VM (the command line overrides it):
   disks = "auto" | "none" | ["/dev/sdb", { path = "/dev/sdc", readonly = true }]
   pass_firmware_disk = false   nets = ["tap0"]   cmdline = "..." (kernels only)
   "auto" passes every usable whole disk that was scanned, except the one that
-  holds the image. A malformed file is an error naming its line.
+  holds the image. A malformed file is an error naming its line. nets (and
+  --net) are checked, then refused: vmboot-core has no virtio-net device yet.
 
 Candidate order (what --list shows, --pick counts, and the default takes: the first):
   1. disks in the order given on the command line; without arguments, the
@@ -101,7 +102,9 @@ def build_parser() -> Parser:
     find.add_argument("--block", metavar="VENDOR:DEVICE,...", default="",
                       help="skip disks behind these PCI devices, e.g. 0x8086:0x1234,8086:abcd (as u-root's vmboot)")
     find.add_argument("--list", action="store_true", help="list the candidates and exit")
-    find.add_argument("--pick", type=int, metavar="N", help="boot candidate N of --list (with --device, of what --list --device shows; default: the first)")
+    find.add_argument("--pick", type=int, metavar="N",
+                      help="boot candidate N of --list (with --device, of what --list --device shows; "
+                           "default: the first)")
     find.add_argument("--device", metavar="PATH",
                       help="boot the candidate on this partition or disk (a node, an image, or DISK#N)")
     vm = p.add_argument_group("the VM (each overrides vmboot.toml)")
@@ -114,7 +117,8 @@ def build_parser() -> Parser:
     vm.add_argument("--no-disks", action="store_true", help="pass no disk")
     vm.add_argument("--pass-firmware-disk", action="store_true",
                     help="also pass the disk that holds the firmware (automatic choice only)")
-    vm.add_argument("--net", action="append", metavar="tap=NAME", help="pass this host tap device; may be repeated")
+    vm.add_argument("--net", action="append", metavar="tap=NAME",
+                    help="pass this host tap device (not yet: vmboot-core has no virtio-net, so it is refused)")
     vm.add_argument("--cmdline", metavar="TEXT", help="kernel command line, when the image is a Linux kernel")
     run = p.add_argument_group("running")
     run.add_argument("--dry-run", action="store_true", help="print the vmboot-core command instead of running it")

@@ -66,8 +66,11 @@ def core_command(core: str, image_path: str, kind: str, settings: Settings, disk
         argv += ["--accel", settings.accel]
     for disk in disks:
         argv += ["--disk", disk.core_arg()]
-    for tap in settings.nets:
-        argv += ["--net", f"tap={tap}"]
+    if settings.nets:
+        # vmboot.toml and --net are parsed and checked already, so that a file written for a
+        # vmboot-core with virtio-net is validated today; this one cannot pass them on.
+        raise VmbootError(f"cannot pass the network device {settings.nets[0]} to the VM: vmboot-core has no "
+                          "virtio-net device yet; remove nets from vmboot.toml or drop --net")
     if settings.cmdline is not None:
         argv += ["--cmdline", settings.cmdline]
     return argv

@@ -9,7 +9,7 @@ vmboot.toml (TOML 1.0; every key optional)::
     disks = "auto"             # "auto": every usable whole disk but the one holding the firmware;
                                # "none"; or a list: ["/dev/nvme0n1", { path = "/dev/sdb", readonly = true }]
     pass_firmware_disk = false # with disks = "auto": pass the firmware's own disk too
-    nets = ["tap0"]            # host tap devices: --net tap=NAME
+    nets = ["tap0"]            # host tap devices: --net tap=NAME (checked, then refused: no virtio-net yet)
     cmdline = "console=ttyS0"  # kernel command line; only when the image is a Linux kernel
 
 A malformed file, an unknown key or a bad value is an error that names the file and the line.

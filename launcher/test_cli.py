@@ -87,11 +87,20 @@ def test_dry_run_uses_vmboot_toml_and_passes_the_other_disks(capsys, two_disks):
 def test_command_line_overrides_vmboot_toml(capsys, two_disks):
     fw, data = two_disks
     status, out, _ = run(capsys, "--dry-run", "--cpus", "4", "--serial", "tty", "--accel", "emulate",
-                         "--pass-firmware-disk", "--net", "tap=tap0", "--net", "tap1", fw, data)
+                         "--pass-firmware-disk", fw, data)
     assert status == 0
     assert dry_run_command(out) == (f"{CORE} --firmware /proc/self/fd/N --memory size=2048M --cpus boot=4 "
-                                    f"--serial tty --accel emulate --disk path={fw} --disk path={data} "
-                                    f"--net tap=tap0 --net tap=tap1")
+                                    f"--serial tty --accel emulate --disk path={fw} --disk path={data}")
+
+
+def test_nets_are_checked_but_refused_until_vmboot_core_has_virtio_net(capsys, two_disks):
+    fw, data = two_disks
+    status, out, err = run(capsys, "--dry-run", "--net", "tap=tap0", "--net", "tap1", fw, data)
+    assert (status, out) == (1, "")
+    assert err.splitlines()[-1] == ("vmboot: cannot pass the network device tap0 to the VM: vmboot-core has no "
+                                    "virtio-net device yet; remove nets from vmboot.toml or drop --net")
+    status, _, err = run(capsys, "--dry-run", "--net", "tap=not a name", fw, data)
+    assert status == 2 and "not a network interface name" in err
 
 
 def test_explicit_disks_and_no_disks(capsys, two_disks, tmp_path):

@@ -1,7 +1,6 @@
 """vmboot-core as a user runs it: exit statuses, one-line errors, accelerator choice."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import struct

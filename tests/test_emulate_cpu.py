@@ -377,3 +377,15 @@ def test_stopping_the_vm_ends_the_vcpu_thread(program):
     r = run_guest(f"out_byte 'S'\n {program}", accel="emulate", mode="protected", timeout=0.3)
     assert r.outcome is None and r.debug == b"S"
     assert not r.backend._thread.is_alive()
+
+
+def test_a_stop_before_the_vcpu_thread_starts_is_not_lost():
+    # Unicorn forgets a uc_emu_stop that comes before uc_emu_start has begun. A VM
+    # stopped while its vCPU thread is starting (a SIGTERM during a guest reset)
+    # must still stop, and its engine must not be freed under a running thread.
+    with GuestRun("spin: pause\njmp spin", accel="emulate") as run:
+        run.events.request(Outcome.QUIT, "stopped before the vCPU ran")
+        run.start()  # the stop came first: nothing stops the engine but join() itself
+        run.backend.join(5)
+        assert not run.backend._thread.is_alive()
+        assert run.events.stop.outcome is Outcome.QUIT

@@ -11,7 +11,8 @@ import pytest
 from .console import Console
 from .kernels import write_kernel
 from .sidecars import (
-    CAPABILITY_FIELDS, NAMESPACES, alive, comm, descendants, device_processes, fd_targets, make_fat_disk, namespace, status,
+    CAPABILITY_FIELDS, NAMESPACES, alive, comm, descendants, device_processes, fd_targets, make_fat_disk, namespace,
+    status,
 )
 
 DEVICES = {"serial", "rtc", "pmtimer", "debugcon", "virtio_blk"}

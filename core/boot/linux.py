@@ -14,7 +14,8 @@ from pathlib import Path
 from .. import layout
 from ..errors import VmbootError
 from ..memory import GuestMemory
-from ..vcpu.state import CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, EntryState, boot_tss, flat_code64, flat_data
+from ..vcpu.state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, EntryState, boot_tss, flat_code64,
+                          flat_data)
 from .gdt import install_boot_tables
 from .memmap import memory_map
 from .pvh import boot_pvh
@@ -119,7 +120,8 @@ def _place_initrd(memory: GuestMemory, size: int, addr_max: int, above: int) -> 
 
 def boot_bzimage(memory: GuestMemory, path: Path, image: bytes, initrd: bytes | None, cmdline: bytes,
                  rsdp: int = 0) -> EntryState:
-    if len(image) < 0x270 or _u(image, HDR_BOOT_FLAG, 2) != BOOT_FLAG_MAGIC or image[HDR_HEADER:HDR_HEADER + 4] != HDRS_MAGIC:
+    if (len(image) < 0x270 or _u(image, HDR_BOOT_FLAG, 2) != BOOT_FLAG_MAGIC
+            or image[HDR_HEADER:HDR_HEADER + 4] != HDRS_MAGIC):
         raise VmbootError(f"--kernel {path}: not a Linux bzImage (no boot sector magic and 'HdrS' header) "
                           f"and not an ELF")
     version = _u(image, HDR_VERSION, 2)

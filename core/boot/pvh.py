@@ -29,7 +29,8 @@ XEN_ELFNOTE_PHYS32_ENTRY = 18
 # xen/include/public/arch-x86/hvm/start_info.h
 HVM_START_MAGIC_VALUE = 0x336EC578
 HVM_START_INFO_VERSION = 1  # version 1 added the memory map
-HVM_START_INFO = struct.Struct("<IIIIQQQQII")  # magic version flags nr_modules modlist cmdline rsdp memmap entries reserved
+# magic version flags nr_modules modlist_paddr cmdline_paddr rsdp_paddr memmap_paddr memmap_entries reserved
+HVM_START_INFO = struct.Struct("<IIIIQQQQII")
 HVM_MODLIST_ENTRY = struct.Struct("<QQQQ")  # paddr size cmdline_paddr reserved
 HVM_MEMMAP_TABLE_ENTRY = struct.Struct("<QQII")  # addr size type reserved
 

@@ -41,6 +41,7 @@ PORT_PIC_SLAVE = 0xA0
 PORT_ELCR = 0x4D0
 PHYS_ADDR_TOP = 1 << 36  # the catch-all MMIO above RAM ends here (64 GiB)
 SWITCH_INTERVAL = 0.0005  # seconds; see start()
+STOP_RETRY = 0.05  # seconds between stops while the vCPU thread is being joined
 
 
 def probe_cpuid(leaf: int, subleaf: int, _engines={}) -> CpuidEntry:
@@ -238,8 +239,15 @@ class EmulateBackend:
         self.engine.stop()
 
     def join(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Wait for the vCPU thread, stopping the engine again meanwhile: Unicorn forgets a
+        stop that comes before uc_emu_start has begun, so one kick can miss a thread that
+        was just starting."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self.kick_all()
+            self._thread.join(STOP_RETRY)
 
     def stats(self) -> dict[str, str]:
         c = self.counts
@@ -253,4 +261,9 @@ class EmulateBackend:
     def close(self) -> None:
         self.stopping = True
         self.timers.close()
+        if self._thread is not None and self._thread.is_alive():
+            # Freeing the engine under a running thread would crash the process; the
+            # thread is a daemon and goes when the process does.
+            log.error("the vCPU thread did not stop; its engine is left in place")
+            return
         self.engine.close()

@@ -7,7 +7,8 @@ from ._abi import ffi, lib
 
 __all__ = ["ffi", "lib", "ioctl", "KvmIoctlError"]
 
-_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_") and n[4:8] in ("GET_", "SET_", "CREA", "RUN", "CHEC", "IRQ_", "IRQF", "IOEV", "SIGN", "ENAB")}
+_IOCTL_PREFIXES = ("GET_", "SET_", "CREA", "RUN", "CHEC", "IRQ_", "IRQF", "IOEV", "SIGN", "ENAB")
+_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_") and n[4:8] in _IOCTL_PREFIXES}
 
 
 class KvmIoctlError(OSError):

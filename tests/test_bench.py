@@ -1,0 +1,41 @@
+"""The benchmarks run and print their figures (small sizes: this checks that they work, not how fast)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout
+
+
+@pytest.mark.parametrize("runner", ["sandboxed", "inproc"])
+def test_disk_bench_reads_through_the_device_and_the_host(runner, tmp_path):
+    out = bench("disk.py", "--size-mib", "8", "--seconds", "0.3", "--runner", runner, "--dir", str(tmp_path))
+    assert f"runner {runner}" in out
+    for row in ("sequential 1 MiB  cold", "random 4 KiB      cold", "sequential 1 MiB  warm", "random 4 KiB      warm"):
+        assert re.search(rf"^{row} +\d+ +\d+ +\d+ +\d+ +(dd|fio|python) +\d+%$", out, re.M), out
+    assert re.search(r"^target: vmboot >= 50% of the host for sequential 1 MiB reads: (met|NOT met) \(lowest \d+%\)$",
+                     out, re.M), out
+    assert list(tmp_path.iterdir()) == []  # the test file is gone
+
+
+@pytest.mark.firmware
+def test_exits_bench_reports_round_trips_boot_ratio_and_memory(firmware):
+    out = bench("exits.py", "--reads", "200", "--runs", "1")
+    for row in ("naive: pyzmq PAIR + msgpack, RTC read", "vmboot: SEQPACKET channel, RTC read (sandboxed)",
+                "vmboot hot path: PM timer counter (sandboxed)"):
+        assert re.search(rf"^  {re.escape(row)} +[\d.]+ us +[\d.]+ us$", out, re.M), out
+    assert re.search(r"^  --devices sandboxed +[\d.]+ s +[\d.]+x$", out, re.M), out
+    assert re.search(r"^  vmboot-core +[\d.]+ MiB", out, re.M), out
+    assert re.search(r"^  9 helper and device processes +[\d.]+ MiB$", out, re.M), out  # zygote + 4 x (reaper, device)
