@@ -7,6 +7,9 @@
    - vmboot: the real sandboxed RTC process, over vmboot's SEQPACKET channel (ipc/channel.py);
    - vmboot hot path: the PM timer, which its process declares a side-effect-free counter, so
      the core answers without a round trip (ipc/fastpath.py). Target: p50 <= 20 us.
+   - vmboot hot path: the 16550's line status register, which its process mirrors into every
+     reply, so a poll between two writes costs no round trip; and a whole console byte as
+     Linux's 8250 driver sends it (LSR poll, then THR write).
 2. Boot to the shell's countdown with --devices sandboxed against --devices inproc, interleaved
    (target: <= 1.15x).
 3. Total proportional set size (PSS) of vmboot-core and its device processes at the shell prompt.
@@ -23,6 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boot import time_to_marker, vmboot_cmd  # noqa: E402
+
+UART_THR, UART_LSR = 0, 5  # 16550 register offsets
+UART_LSR_THRE = 0x20  # transmitter holding register empty
 
 NAIVE_DEVICE = r"""
 import sys, zmq, msgpack
@@ -80,21 +86,30 @@ def bench_naive_zmq(reads: int) -> tuple[list[float], list[float]]:
         sock.close()
 
 
-def bench_vmboot(reads: int) -> tuple[list[float], list[float], list[float]]:
+def bench_vmboot(reads: int) -> tuple[list[float], ...]:
     from vmboot.core.sidecar import Events, Sidecar, Sidecars
     sidecars = Sidecars("kill", "warn")
     try:
         rtc = sidecars.add(Sidecar("rtc", "rtc", {}, "snapshot", Events())).proxy.window(0)
         pm = sidecars.add(Sidecar("pmtimer", "pmtimer", {"epoch": time.monotonic()}, "stateless",
                                   Events())).proxy.window(0)
+        uart = sidecars.add(Sidecar("serial", "serial", {}, "snapshot", Events())).proxy.window(0)
         rtc.write(0, b"\x0a")
         rtc.read(1, 1)
-        pm.read(0, 4)  # both handshakes done
+        pm.read(0, 4)
+        uart.read(UART_LSR, 1)  # the handshakes are done, and the line status mirrored
         forwarded = timed(lambda: rtc.read(1, 1), reads)
         posted = timed(lambda: rtc.write(0, b"\x0a"), reads)
         rtc.read(1, 1)  # drain
         hot = timed(lambda: pm.read(0, 4), reads)
-        return forwarded, posted, hot
+        mirrored = timed(lambda: uart.read(UART_LSR, 1), reads)
+
+        def console_byte() -> None:  # what Linux's 8250 console does for every byte
+            while not uart.read(UART_LSR, 1)[0] & UART_LSR_THRE:
+                pass
+            uart.write(UART_THR, b".")
+        console = timed(console_byte, reads)
+        return forwarded, posted, hot, mirrored, console
     finally:
         sidecars.close()
 
@@ -131,11 +146,13 @@ def main() -> int:
     firmware = firmware_path("release")
 
     naive_read, naive_write = bench_naive_zmq(args.reads)
-    read, write, hot = bench_vmboot(args.reads)
+    read, write, hot, mirrored, console = bench_vmboot(args.reads)
     print(f"port read forwarded to a device process ({args.reads} each)        p50        p99")
     for name, samples in (("naive: pyzmq PAIR + msgpack, RTC read", naive_read),
                           ("vmboot: SEQPACKET channel, RTC read (sandboxed)", read),
-                          ("vmboot hot path: PM timer counter (sandboxed)", hot)):
+                          ("vmboot hot path: PM timer counter (sandboxed)", hot),
+                          ("vmboot hot path: 16550 LSR mirror (sandboxed)", mirrored),
+                          ("a console byte: LSR poll + THR write (sandboxed)", console)):
         p50, p99 = percentiles(samples)
         print(f"  {name:<52} {p50:7.1f} us {p99:7.1f} us")
     print("posted write")

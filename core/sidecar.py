@@ -216,7 +216,7 @@ class Sidecars:
             if msg[0] is not Msg.HELLO or msg[1] != PROTOCOL_VERSION or len(msg) != 3:
                 raise ProtocolError(f"expected HELLO version {PROTOCOL_VERSION}")
             info = msg[2]
-            counters = parse_fast_registers(info.get("fast", []))
+            counters, mirrors = parse_fast_registers(info.get("fast", []))
         except (ChannelClosed, TimeoutError, ProtocolError) as err:
             self._kill(sidecar)
             raise VmbootError(f"device {sidecar.name} did not start: "
@@ -234,7 +234,7 @@ class Sidecars:
             sidecar.evt = evt
             self._evt_map[evt.fileno()] = sidecar
         os.write(self._poller_wake_w, b"x")
-        sidecar.proxy.attach(ctl, counters)
+        sidecar.proxy.attach(ctl, counters, mirrors)
         threading.Thread(target=self._watch, args=(sidecar, sidecar.process), name=f"watch-{sidecar.name}",
                          daemon=True).start()
 

@@ -12,24 +12,79 @@ import os
 import time
 from typing import Callable
 
+from vmboot.ipc.fastpath import Mirror
 from vmboot.ipc.protocol import Msg, ProtocolError
 
 Post = Callable[..., None]
 
 KINDS = ("rtc", "pmtimer", "serial", "debugcon", "virtio_blk")
 
+OUTPUT_DELAY = 0.002  # seconds the first unsent console byte may wait for more
+OUTPUT_BATCH = 4096  # bytes: sent at once when this many are waiting
+
+
+class Output:
+    """A console's bytes on their way to the core, as OUTPUT events.
+
+    A guest writes its console a byte at a time (Linux's 8250 console polls the
+    line status before every one), and an event per byte would wake the core
+    as often. So bytes wait: they go at the end of a line, at OUTPUT_BATCH bytes,
+    or once the first of them has waited OUTPUT_DELAY (a prompt, an echoed key).
+    The device's loop calls ``flush_due`` and sleeps no longer than ``deadline``.
+    """
+
+    def __init__(self, post: Post, window: int, clock: Callable[[], float] = time.monotonic):
+        self.post = post
+        self.window = window
+        self.clock = clock
+        self.pending = bytearray()
+        self.since = 0.0
+
+    def write(self, data: bytes) -> None:
+        if not self.pending:
+            self.since = self.clock()
+        self.pending += data
+        if b"\n" in data or len(self.pending) >= OUTPUT_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            data = bytes(self.pending)
+            self.pending.clear()
+            self.post(Msg.OUTPUT, self.window, data)
+
+    def deadline(self) -> float | None:
+        return self.since + OUTPUT_DELAY if self.pending else None
+
 
 class Hosted:
-    def __init__(self, name: str, windows: dict, state=None, fast: list | None = None):
+    def __init__(self, name: str, windows: dict, state=None, fast: list | None = None,
+                 outputs: list[Output] = (), mirrors: list[tuple[Mirror, Callable[[], list | None]]] = ()):
         self.name = name
         self.windows = windows
         self.state = state  # a model with snapshot()/restore(), if the device has state worth keeping
-        self.fast = fast or []
+        self.fast = (fast or []) + [m.describe() for m, _ in mirrors]
+        self.mirrors = list(mirrors)  # each with the function that makes its copy for a reply
+        self.outputs = list(outputs)  # console output waiting to be sent
         self.watch: dict[int, Callable[[], None]] = {}
         self._last_snapshot = None
 
     def info(self) -> dict:
         return {"fast": self.fast}
+
+    def deadline(self) -> float | None:
+        """When the loop must wake to send waiting output (time.monotonic), or None."""
+        return min((d for d in (o.deadline() for o in self.outputs) if d is not None), default=None)
+
+    def flush_due(self, now: float) -> None:
+        for output in self.outputs:
+            deadline = output.deadline()
+            if deadline is not None and deadline <= now:
+                output.flush()
+
+    def flush(self) -> None:
+        for output in self.outputs:
+            output.flush()
 
     def after_write(self, post: Post) -> None:
         """After a guest write: if the device's state changed, send the core a snapshot."""
@@ -87,11 +142,19 @@ def build(kind: str, params: dict, fds: dict[str, int], post: Post) -> Hosted:
         return Hosted("pmtimer", {0: timer}, fast=[fast])
     if kind == "serial":
         from vmboot.devices.serial.uart16550 import Uart16550
-        uart = Uart16550(tx=lambda data: post(Msg.OUTPUT, 0, data), irq=lambda level: post(Msg.IRQ, 0, level))
-        return HostedSerial("serial", {0: uart}, state=uart)
+        from vmboot.devices.serial.uart16550 import LSR
+        console = Output(post, 0)
+        uart = Uart16550(tx=console.write, irq=lambda level: post(Msg.IRQ, 0, level))
+
+        def line_status() -> list | None:
+            value, invalidated_by = uart.line_status_copy()
+            return None if value is None else [bytes((value,)), list(invalidated_by)]
+        return HostedSerial("serial", {0: uart}, state=uart, outputs=[console],
+                            mirrors=[(Mirror(0, LSR, 1), line_status)])
     if kind == "debugcon":
         from vmboot.devices.debugcon.debugcon import DebugCon, PostCodes
-        return Hosted("debugcon", {0: DebugCon(lambda data: post(Msg.OUTPUT, 0, data)), 1: PostCodes()})
+        log = Output(post, 0)
+        return Hosted("debugcon", {0: DebugCon(log.write), 1: PostCodes()}, outputs=[log])
     if kind == "virtio_blk":
         return build_virtio_blk(params, fds, post)
     raise ProtocolError(f"unknown device kind {kind!r}")

@@ -29,7 +29,7 @@ class Msg(enum.IntEnum):
     HELLO = 1  # core -> device: [HELLO, version, name, params]; device -> core: [HELLO, version, info]
     READ = 2  # [READ, seq, window, offset, size]            -> REPLY data
     WRITE = 3  # [WRITE, window, offset, data]                  posted
-    REPLY = 4  # [REPLY, seq, payload]
+    REPLY = 4  # [REPLY, seq, payload] or, from a device with mirrors (ipc/fastpath.py), [REPLY, seq, payload, copies]
     ERROR = 5  # [ERROR, seq or None, text]
     IRQ = 6  # device -> core (event): [IRQ, line, level]     posted
     RESET = 7  # [RESET, seq]                                  -> REPLY None
@@ -98,6 +98,10 @@ def _map(v: Any) -> bool:
     return type(v) is dict and len(v) <= 256 and all(type(k) is str for k in v)
 
 
+def _copies(v: Any) -> bool:
+    return type(v) is list and len(v) <= 16
+
+
 def _names(v: Any) -> bool:
     return type(v) is list and len(v) <= MAX_FDS and all(type(n) is str and len(n) <= 64 for n in v)
 
@@ -154,6 +158,8 @@ def decode(raw: bytes) -> list:
     schema = SCHEMA[kind]
     if kind is Msg.HELLO and len(fields) == 2:
         schema = schema[:1] + (_map,)  # the device's hello: version, info
+    if kind is Msg.REPLY and len(fields) == 3:
+        schema = schema + (_copies,)  # its mirrors' copies, checked against them by the proxy
     if len(fields) != len(schema):
         raise ProtocolError(f"{kind.name} has {len(fields)} fields, expected {len(schema)}")
     for i, (value, check) in enumerate(zip(fields, schema)):

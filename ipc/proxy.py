@@ -2,10 +2,11 @@
 
 ``DeviceProxy.window(n)`` is a bus device with the same read/write contract as
 an in-process model. Writes are posted. Reads are synchronous, after every
-write before them (the channel keeps order), except reads of registers the
-device declared side-effect free (ipc/fastpath.py), which the core answers
-itself. If the device dies mid-call, the call waits for the supervisor to
-restart it and then tries once more; a device that stays dead answers all ones.
+write before them (the channel keeps order), except reads the device lets the
+core answer itself (ipc/fastpath.py): a counter, or a mirror's copy from the
+device's last reply. If the device dies mid-call, the call waits for the
+supervisor to restart it and then tries once more; a device that stays dead
+answers all ones.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import logging
 import threading
 
 from .channel import Channel, ChannelClosed
-from .fastpath import Counter
+from .fastpath import Copy, Counter, Mirror, parse_copies
 from .protocol import Msg, ProtocolError
 
 log = logging.getLogger("vmboot.ipc")
@@ -33,6 +34,8 @@ class DeviceProxy:
         self.lock = threading.RLock()
         self.ctl: Channel | None = None
         self.counters: list[Counter] = []
+        self.mirrors: list[Mirror] = []
+        self.copies: dict[tuple[int, int, int], Copy] = {}  # (window, offset, size) -> the mirror's copy
         self._seq = itertools.count(1)
         self._alive = threading.Condition(self.lock)
         self.generation = 0  # bumps at every (re)start
@@ -40,16 +43,19 @@ class DeviceProxy:
         self.stats = {"calls": 0, "posted": 0, "fast": 0}
 
     # -- wiring (by the supervisor) ---------------------------------------------------
-    def attach(self, ctl: Channel, counters: list[Counter]) -> None:
+    def attach(self, ctl: Channel, counters: list[Counter], mirrors: list[Mirror] = ()) -> None:
         with self.lock:
             self.ctl = ctl
             self.counters = counters
+            self.mirrors = list(mirrors)
+            self.copies = {}
             self.generation += 1
             self._alive.notify_all()
 
     def detach(self, for_good: bool) -> None:
         with self.lock:
             self.ctl = None
+            self.copies = {}
             self.dead_for_good = for_good
             self._alive.notify_all()
 
@@ -69,12 +75,15 @@ class DeviceProxy:
             for attempt in (1, 2):
                 ctl = self._channel()
                 seq = next(self._seq) & 0xFFFFFFFF
+                self.copies = {}  # a request may change what they mirror
                 try:
                     ctl.send(kind, seq, *fields)
                     while True:
                         msg = ctl.recv(CALL_TIMEOUT)
                         if msg[0] is Msg.REPLY and msg[1] == seq:
                             self.stats["calls"] += 1
+                            if self.mirrors:
+                                self._keep_copies(msg)
                             return msg[2]
                         if msg[0] is Msg.ERROR and msg[1] in (seq, None):
                             raise ProtocolError(f"device {self.name} refused {kind.name}: {msg[2]}")
@@ -84,6 +93,22 @@ class DeviceProxy:
                         self.ctl = None  # the supervisor will attach a new one, or give up
                     if attempt == 2:
                         raise DeviceGone(self.name) from None
+
+    def _keep_copies(self, reply: list) -> None:
+        try:
+            copies = parse_copies(self.mirrors, reply[3] if len(reply) > 3 else None)
+        except ProtocolError as err:
+            log.warning("device %s: %s", self.name, err)
+            return
+        self.copies = {(m.window, m.offset, m.size): c for m, c in zip(self.mirrors, copies) if c is not None}
+
+    def write(self, window: int, offset: int, data: bytes) -> None:
+        """A posted register write; it ends the copies it may change, in the same step."""
+        with self.lock:
+            if self.copies:
+                self.copies = {key: c for key, c in self.copies.items()
+                               if key[0] != window or not c.ended_by(offset, len(data))}
+            self.post(Msg.WRITE, window, offset, data)
 
     def post(self, kind: Msg, *fields) -> None:
         with self.lock:
@@ -105,11 +130,16 @@ class Window:
         self.index = index
 
     def read(self, offset: int, size: int) -> bytes:
-        for counter in self.proxy.counters:
+        proxy = self.proxy
+        copy = proxy.copies.get((self.index, offset, size))
+        if copy is not None:
+            proxy.stats["fast"] += 1
+            return copy.data
+        for counter in proxy.counters:
             if counter.window == self.index:
                 data = counter.read(offset, size)
                 if data is not None:
-                    self.proxy.stats["fast"] += 1
+                    proxy.stats["fast"] += 1
                     return data
         try:
             data = self.proxy.call(Msg.READ, self.index, offset, size)
@@ -122,4 +152,4 @@ class Window:
         return data
 
     def write(self, offset: int, data: bytes) -> None:
-        self.proxy.post(Msg.WRITE, self.index, offset, bytes(data))
+        self.proxy.write(self.index, offset, bytes(data))

@@ -8,9 +8,11 @@ device rejects, gets an ERROR reply and a log line; the loop goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import sys
+import time
 from typing import Callable, Protocol
 
 from .channel import Channel, ChannelClosed
@@ -25,10 +27,17 @@ class Hosted(Protocol):
     name: str
     windows: dict  # window number -> model with read(offset, size) / write(offset, data)
     watch: dict[int, Callable[[], None]]  # extra fds to wake for
+    mirrors: list  # (Mirror, a function returning its copy: [data, invalidating offsets] or None)
 
     def info(self) -> dict: ...
 
     def handle(self, kind: Msg, fields: list) -> object: ...
+
+    def deadline(self) -> float | None: ...  # when waiting output must go (time.monotonic)
+
+    def flush_due(self, now: float) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class DeviceServer:
@@ -54,11 +63,19 @@ class DeviceServer:
             poller.register(fd, select.POLLIN)
         ctl = self.ctl.fileno()
         while self.running:
-            for fd, events in poller.poll():
+            deadline = self.hosted.deadline()
+            timeout = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            for fd, events in poller.poll(timeout):
                 if fd == ctl:
                     self._serve_one()
                 else:
                     self.hosted.watch[fd]()
+            if deadline is not None:
+                self.hosted.flush_due(time.monotonic())
+        try:
+            self.hosted.flush()  # what the guest wrote last, before SHUTDOWN
+        except ChannelClosed:
+            pass
 
     def _serve_one(self) -> None:
         try:
@@ -74,7 +91,7 @@ class DeviceServer:
         try:
             if kind is Msg.READ:
                 _, window, offset, size = fields
-                self.ctl.send(Msg.REPLY, seq, self._window(window).read(offset, size))
+                self._reply(seq, self._window(window).read(offset, size))
             elif kind is Msg.WRITE:
                 window, offset, data = fields
                 self._window(window).write(offset, data)
@@ -82,15 +99,22 @@ class DeviceServer:
             elif kind is Msg.SHUTDOWN:
                 self.running = False
             elif kind is Msg.TEST:
-                self.ctl.send(Msg.REPLY, seq, self._test(fields[1]))
+                self._reply(seq, self._test(fields[1]))
             elif kind in (Msg.RESET, Msg.SNAPSHOT, Msg.RESTORE, Msg.INPUT, Msg.ACTIVATE):
-                self.ctl.send(Msg.REPLY, seq, self.hosted.handle(kind, fields))
+                self._reply(seq, self.hosted.handle(kind, fields))
             else:
                 raise ProtocolError(f"{kind.name} is not a request")
         except ChannelClosed:
             self.running = False
         except (ProtocolError, ValueError, KeyError, TypeError, IndexError, OSError) as err:
             self._reject(seq, f"{kind.name}: {err}")
+
+    def _reply(self, seq: int, payload) -> None:
+        """A reply, with the copies of the device's mirrors as they are now (ipc/fastpath.py)."""
+        if self.hosted.mirrors:
+            self.ctl.send(Msg.REPLY, seq, payload, [copy() for _, copy in self.hosted.mirrors])
+        else:
+            self.ctl.send(Msg.REPLY, seq, payload)
 
     def _window(self, window: int):
         try:

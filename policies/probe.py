@@ -80,12 +80,14 @@ def _satisfy(c: Condition, base: int) -> int:
             ">": U64, ">=": U64}[c.op]
 
 
-def _violate(c: Condition, base: int) -> int:
+def _violations(c: Condition, base: int) -> list[int]:
+    """Values that break ``c``, nearest first (the nearest may be one another line allows)."""
     if c.op == MASKED:
         low = c.mask & -c.mask
-        return (base & ~c.mask & U64) | (c.value ^ low)
-    return {"==": c.value ^ 1, "!=": c.value, "<": c.value, "<=": min(c.value + 1, U64),
-            ">": c.value, ">=": max(c.value - 1, 0)}[c.op]
+        return [(base & ~c.mask & U64) | (c.value ^ low)]
+    if c.op == "==":
+        return [c.value ^ 1, c.value ^ 2, c.value ^ U64]
+    return [{"!=": c.value, "<": c.value, "<=": min(c.value + 1, U64), ">": c.value, ">=": max(c.value - 1, 0)}[c.op]]
 
 
 def satisfying_args(rule: Rule) -> tuple[int, ...] | None:
@@ -102,10 +104,13 @@ def violating_args(policy: Policy, syscall: str) -> list[tuple[tuple[int, ...], 
     for rule in policy.rules_for(syscall):
         base = satisfying_args(rule)
         for c in rule.conditions if base else ():
-            args = list(base)
-            args[c.arg] = _violate(c, args[c.arg])
-            if not policy.allows(syscall, tuple(args)) and all(tuple(args) != a for a, _ in out):
-                out.append((tuple(args), rule))
+            for value in _violations(c, base[c.arg]):
+                args = list(base)
+                args[c.arg] = value
+                if not policy.allows(syscall, tuple(args)):
+                    if all(tuple(args) != a for a, _ in out):
+                        out.append((tuple(args), rule))
+                    break
     return out
 
 

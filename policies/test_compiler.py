@@ -41,7 +41,7 @@ def problem(tmp_path: Path, line: str, name: str = "dev") -> str:
 
 # -- the constants are the kernel's ----------------------------------------------------------------
 C_HEADERS = ["sys/mman.h", "sys/ioctl.h", "fcntl.h", "linux/falloc.h", "sched.h", "linux/futex.h", "sys/prctl.h",
-             "signal.h", "sys/socket.h", "stdio.h"]
+             "signal.h", "sys/socket.h", "time.h", "stdio.h"]
 
 
 def test_constants_are_the_values_of_the_kernel_headers(tmp_path):

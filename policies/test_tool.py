@@ -157,3 +157,23 @@ def test_the_console_script_module_runs():
     done = subprocess.run([sys.executable, "-m", "vmboot.policies.tool", "check"], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (0, "")
     assert shutil.which("strace"), "strace is needed for `vmboot-policy check --trace` (apt-get install strace)"
+
+
+def test_check_trace_lists_host_dependent_lines_apart(policies, tmp_path, capsys):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "blk.strace").write_text(TRACE_HEAD + textwrap.dedent("""\
+        5 read(5, "\\1\\0\\0\\0\\0\\0\\0\\0", 8) = 8
+        5 futex(0x7f45, FUTEX_WAKE_PRIVATE, 1) = 0
+        5 fdatasync(4) = 0
+        5 exit_group(0) = ?
+        """))
+    with open(policies / "common_device.policy", "a") as f:
+        f.write("clock_gettime  arg0 == CLOCK_REALTIME  # host: the time of day, without a vDSO clock\n")
+    assert main(["--policies", str(policies), "check", "--trace", str(traces)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "blk: blk.strace: 4 syscalls, 4 calls after seccomp",
+        "host-dependent: common_device.policy:5 clock_gettime arg0 == CLOCK_REALTIME: not called on this host "
+        "(the time of day, without a vDSO clock)",
+        "traces: every listed syscall was needed and every syscall used was listed",
+    ]

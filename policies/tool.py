@@ -80,6 +80,9 @@ def report(proof: Proof, trace_dir: Path) -> None:
         print(f"untraced: {name} (no {trace_dir / (name + '.strace')}): its lines are unproven")
     for rule in proof.unused:
         print(f"unused: {rule.where} {rule.syscall} {rule.text}".rstrip() + ": no traced device called it so")
+    for rule in proof.host_dependent:
+        print(f"host-dependent: {rule.where} {rule.syscall} {rule.text}".rstrip()
+              + f": not called on this host ({rule.comment.removeprefix('host:').strip()})")
     for name, missing in proof.missing.items():
         for syscall, count in sorted(missing.items()):
             print(f"missing: {name} called {syscall} {count} time(s); {name}{SUFFIX} does not allow it")

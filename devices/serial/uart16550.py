@@ -102,6 +102,16 @@ class Uart16550:
         self.overrun, self.thr_interrupt = state["overrun"], state["thri"]
         self._update_irq()
 
+    def line_status_copy(self) -> tuple[int | None, tuple[int, ...]]:
+        """LSR as a read would return it now, and the registers whose writes can change it;
+        None while the read would change something (an overrun it clears). What can
+        change it otherwise: received input, reads of RBR, and no write but these."""
+        if self.overrun:
+            return None, ()
+        lsr = LSR_THRE | LSR_TEMT | (LSR_DR if self.rx else 0)
+        # FCR resets the receive FIFO; MCR turns loopback on, after which THR writes are received.
+        return lsr, (FCR, MCR, THR) if self.mcr & MCR_LOOP else (FCR, MCR)
+
     # -- host side ------------------------------------------------------------------
     def receive(self, data: bytes) -> int:
         """Queue bytes typed on the console; returns how many were accepted."""
