@@ -1,6 +1,6 @@
 """Boot time to the EFI shell's countdown: vmboot's emulate backend against QEMU TCG.
 
-    .venv/bin/python bench/boot.py [--runs N] [--devices sandboxed|inproc ...]
+    .venv/bin/python bench/boot.py [--runs N] [--devices sandboxed|inproc ...] [--os]
 
 Each run is timed from process start to the first appearance of "startup.nsh"
 on the serial console (the line "Press ESC in 5 seconds to skip startup.nsh"):
@@ -9,6 +9,13 @@ on the serial console (the line "Press ESC in 5 seconds to skip startup.nsh"):
 - QEMU:   qemu-system-x86_64 -accel tcg -M q35 -m 512 -bios /usr/share/ovmf/OVMF.fd
   (Debian's qemu-system-x86 and ovmf packages), serial on stdout.
 It prints every run, the medians, and the ratio to QEMU (target: <= 1.0).
+
+With --os, each run boots a real OS instead, to its end: the firmware boots the
+guest images' UKI (a Debian kernel and its initramfs, `vmboot-assets guest`)
+from the first of two virtio disks, the initramfs reads and writes the second
+and powers off; the run is timed from process start to the process's exit,
+which must be status 0 with the guest's report on the console. QEMU gets the
+same two images (fresh copies each run) as virtio disks.
 """
 from __future__ import annotations
 
@@ -24,7 +31,10 @@ from pathlib import Path
 
 MARKER = b"startup.nsh"
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
+QEMU = "QEMU 7.2 TCG + OVMF"
 TIMEOUT = 120.0
+OS_TIMEOUT = 300.0
+OS_REPORT = b"VMBOOT-WROTE"  # the guest's last report line, before it powers off
 
 
 def time_to_marker(cmd: list[str]) -> float:
@@ -48,6 +58,20 @@ def time_to_marker(cmd: list[str]) -> float:
         proc.wait()
 
 
+def time_to_exit(cmd: list[str], disks_for_run) -> float:
+    """Seconds from starting ``cmd + disk arguments`` until it exits; it must exit 0 after the guest's report."""
+    disk_args = disks_for_run()
+    start = time.monotonic()
+    proc = subprocess.run(cmd + disk_args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=OS_TIMEOUT)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0 or OS_REPORT not in proc.stdout:
+        raise RuntimeError(f"{cmd[0]}: exit status {proc.returncode}, guest report "
+                           f"{'seen' if OS_REPORT in proc.stdout else 'missing'}:\n"
+                           + proc.stdout[-2000:].decode(errors="replace"))
+    return elapsed
+
+
 def vmboot_cmd(firmware: Path, devices: str) -> list[str]:
     return [sys.executable, "-m", "vmboot.core.cli", "--firmware", str(firmware), "--accel", "emulate",
             "--devices", devices]
@@ -61,10 +85,31 @@ def qemu_cmd(tmp: Path) -> list[str]:
             "-display", "none", "-serial", "stdio", "-monitor", "none", "-net", "none", "-no-reboot"]
 
 
+def os_contenders(firmware: Path, modes: list[str], tmp: Path) -> dict[str, tuple[list[str], object]]:
+    """Each contender's command, and a function giving a run its disk arguments on fresh copies."""
+    from vmboot.assets.guest import fresh_copy, guest_dir
+    images = guest_dir()
+
+    def vmboot_disks() -> list[str]:
+        disks = fresh_copy(tmp / "disks", images)
+        return ["--disk", f"path={disks.esp}", "--disk", f"path={disks.data}"]
+
+    def qemu_disks() -> list[str]:
+        disks = fresh_copy(tmp / "disks", images)
+        return [arg for image in (disks.esp, disks.data)
+                for arg in ("-drive", f"file={image},if=virtio,format=raw")]
+
+    contenders = {f"vmboot emulate ({mode} devices)": (vmboot_cmd(firmware, mode) + ["--serial", "tty"],
+                                                        vmboot_disks) for mode in modes}
+    contenders[QEMU] = (qemu_cmd(tmp), qemu_disks)
+    return contenders
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--devices", nargs="+", default=["sandboxed", "inproc"], choices=("sandboxed", "inproc"))
+    p.add_argument("--os", action="store_true", help="boot the guest images' Linux to its power-off instead")
     args = p.parse_args()
     if shutil.which("qemu-system-x86_64") is None or not OVMF.exists():
         print("bench/boot.py needs qemu-system-x86 and ovmf (run ./dev setup)", file=sys.stderr)
@@ -74,17 +119,22 @@ def main() -> int:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"vmboot-bench-{os.getpid()}"
     tmp.mkdir()
     try:
-        contenders = {f"vmboot emulate ({mode} devices)": vmboot_cmd(firmware, mode) for mode in args.devices}
-        contenders["QEMU 7.2 TCG + OVMF"] = qemu_cmd(tmp)
+        if args.os:
+            contenders = os_contenders(firmware, args.devices, tmp)
+        else:
+            contenders = {f"vmboot emulate ({mode} devices)": (vmboot_cmd(firmware, mode), None)
+                          for mode in args.devices}
+            contenders[QEMU] = (qemu_cmd(tmp), None)
         results: dict[str, list[float]] = {name: [] for name in contenders}
         for run in range(args.runs):  # interleaved, so drifts in machine load hit everyone alike
-            for name, cmd in contenders.items():
-                results[name].append(time_to_marker(cmd))
+            for name, (cmd, disks) in contenders.items():
+                results[name].append(time_to_exit(cmd, disks) if args.os else time_to_marker(cmd))
                 print(f"run {run + 1}: {name:<34} {results[name][-1]:6.3f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    qemu = statistics.median(results["QEMU 7.2 TCG + OVMF"])
-    print(f"\nboot to the shell's countdown line, median of {args.runs} runs")
+    qemu = statistics.median(results[QEMU])
+    what = "Linux from a virtio disk to its power-off" if args.os else "the shell's countdown line"
+    print(f"\nboot to {what}, median of {args.runs} runs")
     for name, times in results.items():
         median = statistics.median(times)
         print(f"  {name:<34} {median:6.3f} s   ratio to QEMU {median / qemu:5.2f}x   "

@@ -35,7 +35,7 @@ from typing import Callable
 from vmboot.ipc.channel import Channel, ChannelClosed, channel_pair
 from vmboot.ipc.fastpath import parse_fast_registers
 from vmboot.ipc.protocol import PROTOCOL_VERSION, Msg, ProtocolError
-from vmboot.ipc.proxy import DeviceProxy
+from vmboot.ipc.proxy import CALL_TIMEOUT, DeviceProxy
 
 from .errors import VmbootError
 from .zygote import Zygote, ZygoteChild
@@ -86,9 +86,23 @@ class Sidecar:
     stopping: bool = False
     last_pid: int | None = None  # the device's host PID, kept for naming its death
     spawned_at: float = 0.0
+    hung: bool = False  # killed by the core for not answering
 
     def __post_init__(self):
         self.proxy = DeviceProxy(self.name)
+        self.proxy.on_hang = self.kill_hung
+
+    def kill_hung(self) -> None:
+        """The device is alive but has not answered a request in CALL_TIMEOUT: kill it, and let
+        its death be handled as any other (restart, or stop the VM)."""
+        pid = self.last_pid
+        if pid is None or self.stopping:
+            return
+        self.hung = True
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     @property
     def device_pid(self) -> int | None:
@@ -191,6 +205,7 @@ class Sidecars:
         passed = [ctl_theirs.fileno(), evt_theirs.fileno(), *sidecar.fds.values()]
         try:
             sidecar.spawned_at = time.monotonic()
+            sidecar.hung = False
             if self._zygote is not None:
                 sidecar.process = self._zygote.spawn(sidecar.kind, {
                     "root": self.runtime, "seccomp": self.seccomp, "fsize": sidecar.fsize,
@@ -216,6 +231,8 @@ class Sidecars:
             if msg[0] is not Msg.HELLO or msg[1] != PROTOCOL_VERSION or len(msg) != 3:
                 raise ProtocolError(f"expected HELLO version {PROTOCOL_VERSION}")
             info = msg[2]
+            if not isinstance(info, dict):
+                raise ProtocolError("HELLO must describe the device in a map")
             counters, mirrors = parse_fast_registers(info.get("fast", []))
         except (ChannelClosed, TimeoutError, ProtocolError) as err:
             self._kill(sidecar)
@@ -314,6 +331,8 @@ class Sidecars:
         self._spawn_queue.put(sidecar)
 
     def _describe_exit(self, sidecar: Sidecar, status: int) -> str:
+        if sidecar.hung and status == -signal.SIGKILL:
+            return f"did not answer for {CALL_TIMEOUT:.0f} s and was killed"
         if status >= 0:
             return f"exited with status {status}"
         sig = -status

@@ -80,7 +80,7 @@ class Channel:
         try:
             if not size and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) and not fds:
                 raise ChannelClosed()
-            if flags & socket.MSG_CTRUNC:
+            if flags & socket.MSG_CTRUNC or len(fds) > max_fds:  # CMSG_SPACE rounds up: room for one more
                 raise ProtocolError(f"more than {max_fds} descriptors with one message")
             if flags & socket.MSG_TRUNC or size > MAX_MESSAGE_BYTES:
                 raise ProtocolError(f"message over the {MAX_MESSAGE_BYTES}-byte limit")
@@ -96,6 +96,8 @@ class Channel:
         return decode(raw)
 
     def recv_raw(self, timeout: float | None = None) -> bytes:
+        if self.sock.fileno() < 0:
+            raise ChannelClosed()
         if timeout is not None:
             ready, _, _ = select.select([self.sock], [], [], timeout)
             if not ready:

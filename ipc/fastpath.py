@@ -24,6 +24,7 @@ learns more about the device than this.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -77,29 +78,38 @@ class Copy:
         return any(offset <= o < offset + size for o in self.invalidated_by)
 
 
+def _integer(v: object) -> bool:
+    return type(v) is int
+
+
 def parse_fast_registers(items: object) -> tuple[list[Counter], list[Mirror]]:
     """Check a device's declaration; anything odd is a protocol error, not a crash."""
     if not isinstance(items, list) or len(items) > MAX_FAST_REGISTERS:
         raise ProtocolError(f"fast registers must be a list of at most {MAX_FAST_REGISTERS} entries")
     counters, mirrors = [], []
     for item in items:
-        try:
-            kind = item["kind"]
-            if kind == "counter":
-                c = Counter(int(item["window"]), int(item["offset"]), int(item["size"]), int(item["frequency"]),
-                            float(item["epoch"]), int(item["width"]))
-                if not 0 < c.frequency <= MAX_COUNTER_FREQUENCY or not 0 < c.width <= 8 * c.size:
-                    raise ProtocolError("fast register declaration out of range")
-                counters.append(c)
-            elif kind == "mirror":
-                c = Mirror(int(item["window"]), int(item["offset"]), int(item["size"]))
-                mirrors.append(c)
-            else:
-                raise ProtocolError(f"unknown fast register kind {kind!r}")
-        except (KeyError, TypeError, ValueError):
-            raise ProtocolError("malformed fast register declaration") from None
-        if c.size not in (1, 2, 4, 8) or c.offset < 0 or not 0 <= c.window < 256:
+        if not isinstance(item, dict) or "kind" not in item:
+            raise ProtocolError("malformed fast register declaration")
+        kind = item["kind"]
+        if kind == "counter":
+            fields, cls = ("window", "offset", "size", "frequency", "epoch", "width"), Counter
+        elif kind == "mirror":
+            fields, cls = ("window", "offset", "size"), Mirror
+        else:
+            raise ProtocolError(f"unknown fast register kind {kind!r}")
+        if set(item) != {"kind", *fields} or not all(_integer(item[f]) for f in fields if f != "epoch"):
+            raise ProtocolError("malformed fast register declaration")
+        c = cls(*(float(item[f]) if f == "epoch" and type(item[f]) in (int, float) else item[f] for f in fields))
+        if c.size not in (1, 2, 4, 8) or not 0 <= c.offset < 1 << 32 or not 0 <= c.window < 256:
             raise ProtocolError("fast register declaration out of range")
+        if kind == "counter":
+            if type(c.epoch) is not float or not math.isfinite(c.epoch):
+                raise ProtocolError("malformed fast register declaration")
+            if not 0 < c.frequency <= MAX_COUNTER_FREQUENCY or not 0 < c.width <= 8 * c.size:
+                raise ProtocolError("fast register declaration out of range")
+            counters.append(c)
+        else:
+            mirrors.append(c)
     return counters, mirrors
 
 

@@ -77,7 +77,7 @@ def _text(v: Any) -> bool:
 
 
 def _size(v: Any) -> bool:
-    return v in (1, 2, 4, 8)
+    return type(v) is int and v in (1, 2, 4, 8)
 
 
 def _bool(v: Any) -> bool:

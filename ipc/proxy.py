@@ -6,13 +6,16 @@ write before them (the channel keeps order), except reads the device lets the
 core answer itself (ipc/fastpath.py): a counter, or a mirror's copy from the
 device's last reply. If the device dies mid-call, the call waits for the
 supervisor to restart it and then tries once more; a device that stays dead
-answers all ones.
+answers all ones. A device that does not answer within CALL_TIMEOUT is hung:
+the proxy tells the supervisor (``on_hang``), which kills it, and the death is
+handled as any other.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import threading
+from typing import Callable
 
 from .channel import Channel, ChannelClosed
 from .fastpath import Copy, Counter, Mirror, parse_copies
@@ -41,6 +44,7 @@ class DeviceProxy:
         self.generation = 0  # bumps at every (re)start
         self.dead_for_good = False
         self.stats = {"calls": 0, "posted": 0, "fast": 0}
+        self.on_hang: Callable[[], None] | None = None  # set by the supervisor: kill the hung device
 
     # -- wiring (by the supervisor) ---------------------------------------------------
     def attach(self, ctl: Channel, counters: list[Counter], mirrors: list[Mirror] = ()) -> None:
@@ -88,9 +92,11 @@ class DeviceProxy:
                         if msg[0] is Msg.ERROR and msg[1] in (seq, None):
                             raise ProtocolError(f"device {self.name} refused {kind.name}: {msg[2]}")
                         log.debug("%s: stray %s on the control channel", self.name, msg[0].name)
-                except (ChannelClosed, TimeoutError):
+                except (ChannelClosed, TimeoutError) as err:
                     if ctl is self.ctl:
                         self.ctl = None  # the supervisor will attach a new one, or give up
+                        if isinstance(err, TimeoutError) and self.on_hang is not None:
+                            self.on_hang()  # alive but not answering: only its death ends the wait
                     if attempt == 2:
                         raise DeviceGone(self.name) from None
 

@@ -16,7 +16,7 @@ import time
 from typing import Callable, Protocol
 
 from .channel import Channel, ChannelClosed
-from .protocol import PROTOCOL_VERSION, Msg, ProtocolError
+from .protocol import PROTOCOL_VERSION, SEQ, Msg, ProtocolError
 
 log = logging.getLogger("vmboot.device")
 
@@ -48,6 +48,7 @@ class DeviceServer:
         self.test_hooks = test_hooks
         self.running = True
         self.rejected = 0
+        self.hang_next = False  # the "hang" test hook
 
     def post(self, *fields) -> None:
         """Send an event to the core (posted)."""
@@ -86,8 +87,15 @@ class DeviceServer:
         except ProtocolError as err:
             self._reject(None, str(err))
             return
+        if self.hang_next:  # stuck until the core hangs up (poll reports only POLLHUP for no events)
+            stuck = select.poll()
+            stuck.register(self.ctl.fileno(), 0)
+            stuck.poll()
         kind, fields = msg[0], msg[1:]
         seq = fields[0] if kind not in (Msg.WRITE, Msg.SHUTDOWN, Msg.HELLO) and fields else None
+        if seq is not None and not SEQ(seq):  # SNAPSHOT's field is checked loosely: it is also an event's
+            self._reject(None, f"{kind.name}: invalid sequence number")
+            return
         try:
             if kind is Msg.READ:
                 _, window, offset, size = fields
@@ -103,11 +111,14 @@ class DeviceServer:
             elif kind in (Msg.RESET, Msg.SNAPSHOT, Msg.RESTORE, Msg.INPUT, Msg.ACTIVATE):
                 self._reply(seq, self.hosted.handle(kind, fields))
             else:
-                raise ProtocolError(f"{kind.name} is not a request")
+                raise ProtocolError("not a request")
         except ChannelClosed:
             self.running = False
         except (ProtocolError, ValueError, KeyError, TypeError, IndexError, OSError) as err:
-            self._reject(seq, f"{kind.name}: {err}")
+            if kind is Msg.WRITE:  # posted: no call waits for it, so the refusal is an event
+                self._refuse_posted(f"{kind.name}: {err}")
+            else:
+                self._reject(seq, f"{kind.name}: {err}")
 
     def _reply(self, seq: int, payload) -> None:
         """A reply, with the copies of the device's mirrors as they are now (ipc/fastpath.py)."""
@@ -130,6 +141,11 @@ class DeviceServer:
         except ChannelClosed:
             self.running = False
 
+    def _refuse_posted(self, why: str) -> None:
+        self.rejected += 1
+        log.warning("%s: rejected a message: %s", self.hosted.name, why)
+        self.post(Msg.ERROR, None, why[:4096])
+
     def _test(self, what: str) -> str:
         """Test-only hooks: make the device misbehave on purpose."""
         if not self.test_hooks:
@@ -138,6 +154,8 @@ class DeviceServer:
             os.open("/etc/passwd", os.O_RDONLY)  # forbidden by every policy: SIGSYS
         elif what == "abort":
             os.abort()
+        elif what == "hang":
+            self.hang_next = True  # answer this, then never answer again: a hung device
         return "survived"
 
 

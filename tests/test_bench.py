@@ -40,3 +40,15 @@ def test_exits_bench_reports_round_trips_boot_ratio_and_memory(firmware):
     assert re.search(r"^  --devices sandboxed +[\d.]+ s +[\d.]+x$", out, re.M), out
     assert re.search(r"^  vmboot-core +[\d.]+ MiB", out, re.M), out
     assert re.search(r"^  9 helper and device processes +[\d.]+ MiB$", out, re.M), out  # zygote + 4 x (reaper, device)
+
+
+@pytest.mark.firmware
+def test_boot_bench_times_the_shell_and_a_linux_boot_against_qemu(firmware):
+    out = bench("boot.py", "--runs", "1", "--devices", "sandboxed")
+    assert re.search(r"^boot to the shell's countdown line, median of 1 runs$", out, re.M), out
+    for name in ("vmboot emulate \\(sandboxed devices\\)", "QEMU 7.2 TCG \\+ OVMF"):
+        assert re.search(rf"^  {name} +[\d.]+ s   ratio to QEMU +[\d.]+x", out, re.M), out
+    out = bench("boot.py", "--os", "--runs", "1", "--devices", "inproc")
+    assert re.search(r"^boot to Linux from a virtio disk to its power-off, median of 1 runs$", out, re.M), out
+    for name in ("vmboot emulate \\(inproc devices\\)", "QEMU 7.2 TCG \\+ OVMF"):
+        assert re.search(rf"^  {name} +[\d.]+ s   ratio to QEMU +[\d.]+x", out, re.M), out

@@ -118,6 +118,26 @@ def test_forbidden_syscall_kills_the_device_and_names_it(firmware, hooks):
     assert alive(everything) == set()
 
 
+def test_a_hung_device_is_killed_and_restarted(firmware, hooks):
+    with Console("--firmware", str(firmware), "--accel", "emulate") as console:
+        err = StderrLog(console.proc)
+        core = console.proc.pid
+        console.expect(b"Shell> ", timeout=60)
+        victim = sandboxed(core, "rtc")
+        send_hook(hooks, "rtc test hang")  # it answers that, then never again
+        time.sleep(0.5)
+        # The shell reads the RTC; after CALL_TIMEOUT the core kills the device, restarts it
+        # from its snapshot and asks again: the command completes, 10 s late.
+        out = console.command("time", timeout=60)
+        assert re.search(r"\d\d:\d\d:\d\d \(LOCAL\)", out)
+        err.wait_for("device rtc did not answer for 10 s and was killed; restarting it from its last snapshot")
+        assert sandboxed(core, "rtc") != victim
+        everything = descendants(core)
+        console.type("reset -s\r")
+        assert console.wait(30) == 0
+    assert alive(everything) == set()
+
+
 @pytest.mark.parametrize("hook, rejection", [
     ("raw deadbeef", "not a msgpack message"),
     ("raw 9402", "not a msgpack message"),  # the array promises 4 items and holds 1
