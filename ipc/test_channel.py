@@ -26,16 +26,6 @@ TOO_BIG = f"message over the {MAX_MESSAGE_BYTES}-byte limit"
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32 + 1, 32
 
 
-@pytest.fixture
-def pair():
-    """(the core's channel, the device's channel) on one socketpair."""
-    core, theirs = channel_pair()
-    device = Channel(theirs)
-    yield core, device
-    core.close()
-    device.close()
-
-
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 

@@ -515,17 +515,8 @@ def test_a_core_gone_at_the_final_flush_is_no_crash(monkeypatch):
 # -- hello -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ctl_pair():
-    core, theirs = channel_pair()
-    device = Channel(theirs)
-    yield core, device
-    core.close()
-    device.close()
-
-
-def test_hello_answers_with_the_device_info(ctl_pair):
-    core, device = ctl_pair
+def test_hello_answers_with_the_device_info(pair):
+    core, device = pair
     asked = []
 
     def info_for(name, params):
@@ -545,8 +536,8 @@ def test_hello_answers_with_the_device_info(ctl_pair):
     ((Msg.HELLO, PROTOCOL_VERSION, 5, {}), "malformed HELLO"),
     ((Msg.HELLO, PROTOCOL_VERSION, "x", [1]), "malformed HELLO"),
 ])
-def test_hello_refuses_anything_else(ctl_pair, fields, text):
-    core, device = ctl_pair
+def test_hello_refuses_anything_else(pair, fields, text):
+    core, device = pair
     core.send(*fields)
     with pytest.raises(ProtocolError) as caught:
         hello(device, lambda name, params: pytest.fail("no device may be built"))

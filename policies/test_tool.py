@@ -87,7 +87,8 @@ def test_check_fails_on_every_problem_with_its_line(policies, capsys):
     ]
 
 
-def test_check_trace_proves_the_lines_against_strace_output(policies, tmp_path, capsys):
+def blk_trace(tmp_path):
+    """A trace folder in which the blk device read an eventfd, synced its disk and exited."""
     traces = tmp_path / "traces"
     traces.mkdir()
     (traces / "blk.strace").write_text(TRACE_HEAD + textwrap.dedent("""\
@@ -96,6 +97,11 @@ def test_check_trace_proves_the_lines_against_strace_output(policies, tmp_path, 
         5 fdatasync(4) = 0
         5 exit_group(0) = ?
         """))
+    return traces
+
+
+def test_check_trace_proves_the_lines_against_strace_output(policies, tmp_path, capsys):
+    traces = blk_trace(tmp_path)
     assert main(["--policies", str(policies), "check", "--trace", str(traces)]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
         "blk: blk.strace: 4 syscalls, 4 calls after seccomp",
@@ -160,14 +166,7 @@ def test_the_console_script_module_runs():
 
 
 def test_check_trace_lists_host_dependent_lines_apart(policies, tmp_path, capsys):
-    traces = tmp_path / "traces"
-    traces.mkdir()
-    (traces / "blk.strace").write_text(TRACE_HEAD + textwrap.dedent("""\
-        5 read(5, "\\1\\0\\0\\0\\0\\0\\0\\0", 8) = 8
-        5 futex(0x7f45, FUTEX_WAKE_PRIVATE, 1) = 0
-        5 fdatasync(4) = 0
-        5 exit_group(0) = ?
-        """))
+    traces = blk_trace(tmp_path)
     with open(policies / "common_device.policy", "a") as f:
         f.write("clock_gettime  arg0 == CLOCK_REALTIME  # host: the time of day, without a vDSO clock\n")
     assert main(["--policies", str(policies), "check", "--trace", str(traces)]) == 0
