@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boot import time_to_marker, vmboot_cmd  # noqa: E402
-
-UART_THR, UART_LSR = 0, 5  # 16550 register offsets
-UART_LSR_THRE = 0x20  # transmitter holding register empty
+from vmboot.devices.serial.uart16550 import LSR as UART_LSR  # noqa: E402
+from vmboot.devices.serial.uart16550 import LSR_THRE as UART_LSR_THRE  # noqa: E402
+from vmboot.devices.serial.uart16550 import THR as UART_THR  # noqa: E402
 
 NAIVE_DEVICE = r"""
 import sys, zmq, msgpack

@@ -3,7 +3,9 @@
 It answers the core's requests on the control channel, posts events on the
 event channel, and wakes for any extra descriptors the device watches (a
 virtio device's kick eventfds). A request that fails to decode, or that the
-device rejects, gets an ERROR reply and a log line; the loop goes on.
+device rejects, gets an ERROR reply and a log line; the loop goes on. A posted
+write the device rejects gets an ERROR event instead: no call waits for it, and
+an ERROR on the control channel would read as the refusal of the next request.
 """
 from __future__ import annotations
 
