@@ -24,35 +24,13 @@ import resource
 import signal
 from pathlib import Path
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from vmboot.core.linux import (
+    _LINUX_CAPABILITY_VERSION_3, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, MNT_DETACH,
+    MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL,
+    PR_CAPBSET_DROP, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, SYS_capset, SYS_pivot_root,
+)
 
-# <sys/mount.h>, <linux/mount.h>
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 0x2
-# <sys/prctl.h>
-PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
-PR_SET_DUMPABLE = 4
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-# <sched.h>
-CLONE_NEWNS = 0x00020000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-# <asm/unistd_64.h>
-SYS_capset = 126
-SYS_pivot_root = 155
-# <linux/capability.h>
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SandboxError(Exception):

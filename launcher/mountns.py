@@ -32,18 +32,10 @@ from dataclasses import dataclass
 
 import msgpack
 
+from vmboot.core.linux import CLONE_NEWNS, MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC
+
 from . import loopdev
 from .fsprobe import EXT4, XFS
-
-# <sched.h>, <sys/mount.h>
-CLONE_NEWNS = 0x00020000
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 2
 
 MOUNT_OPTIONS = {EXT4: "noload", XFS: "norecovery,nouuid"}
 MOUNT_TIMEOUT = 30.0  # seconds for one partition: mount, read, unmount

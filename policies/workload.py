@@ -44,6 +44,11 @@ from pathlib import Path
 
 import msgpack
 
+from vmboot.core.linux import (
+    _LINUX_CAPABILITY_VERSION_3, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, MNT_DETACH,
+    MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, PR_CAP_AMBIENT,
+    PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, SYS_pivot_root,
+)
 from vmboot.policies.compiler import (
     MODES, POLICY_DIR, PolicyError, device_names, install, load_policy, seccomp_kill_syscall,
 )
@@ -63,17 +68,6 @@ REQUEST_GPA = 0x1000
 DATA_GPA = 0x10000
 OP_READ, OP_WRITE, OP_FLUSH, OP_DISCARD, OP_WRITE_ZEROES = range(5)
 STATUS_NONE, STATUS_OK, STATUS_IOERR = 0, 1, 2
-
-# <linux/prctl.h>, <linux/mount.h>, <sys/mount.h>, <linux/capability.h>, <linux/falloc.h>
-PR_SET_PDEATHSIG = 1
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 16384, 1 << 18
-MNT_DETACH = 2
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
-SYS_PIVOT_ROOT = 155  # x86_64
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -162,7 +156,7 @@ def _pivot_to_empty_root() -> None:
     _check(_libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=16k,mode=0500"),
            "mount tmpfs")
     os.mkdir("/tmp/old")
-    _check(_libc.syscall(SYS_PIVOT_ROOT, b"/tmp", b"/tmp/old"), "pivot_root")
+    _check(_libc.syscall(SYS_pivot_root, b"/tmp", b"/tmp/old"), "pivot_root")
     os.chdir("/")
     _check(_libc.umount2(b"/old", MNT_DETACH), "detach the old root")
     os.rmdir("/old")
@@ -182,7 +176,7 @@ def _drop_capabilities(last_cap: int) -> None:
     for cap in range(last_cap + 1):
         _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
-    header, data = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    header, data = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import struct
 
+from vmboot.core.linux import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from vmboot.devices.virtio.queue import Chain, SplitQueue
 from vmboot.devices.virtio.spec import (
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -35,11 +36,6 @@ MAX_DISCARD_SEGMENTS = 32
 # struct virtio_blk_config (§5.2.4), the fields this device fills in.
 CONFIG = struct.Struct("<QII HBB I BBHI BB H IIIIIB3x")
 CONFIG_SIZE = CONFIG.size
-
-# fallocate(2) modes
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
