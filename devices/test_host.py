@@ -19,16 +19,7 @@ from vmboot.devices.host import (
 )
 from vmboot.ipc.fastpath import Copy, Counter, Mirror, parse_copies, parse_fast_registers
 from vmboot.ipc.protocol import Msg, ProtocolError
-
-
-class Clock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self, now: float = 100.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from vmboot.tests.fakes import Clock
 
 
 class Posted(list):
@@ -40,7 +31,7 @@ class Posted(list):
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(100.0)
 
 
 @pytest.fixture
@@ -94,7 +85,7 @@ def test_a_carriage_return_is_not_a_line_end(posted, clock):
 def test_the_deadline_runs_from_the_first_waiting_byte(posted, clock):
     out = Output(posted, 0, clock)
     out.write(b"a")
-    clock.now = 100.0015
+    clock.t = 100.0015
     out.write(b"b")
     assert out.deadline() == 100.0 + OUTPUT_DELAY  # not 100.0035: the first byte has waited since 100.0
 
@@ -105,7 +96,7 @@ def test_a_flush_starts_the_next_deadline_afresh(posted, clock):
     out.flush()
     assert posted == [(Msg.OUTPUT, 0, b"a")]
     assert out.deadline() is None
-    clock.now = 250.0
+    clock.t = 250.0
     out.write(b"b")
     assert out.deadline() == 250.0 + OUTPUT_DELAY
 
@@ -175,10 +166,10 @@ def test_the_deadline_is_the_earliest_of_the_outputs(posted, clock):
     a, b = Output(posted, 0, clock), Output(posted, 1, clock)
     hosted = Hosted("x", {}, outputs=[a, b])
     assert hosted.deadline() is None
-    clock.now = 5.0
+    clock.t = 5.0
     b.write(b"b")
     assert hosted.deadline() == 5.0 + OUTPUT_DELAY
-    clock.now = 6.0
+    clock.t = 6.0
     a.write(b"a")
     assert hosted.deadline() == 5.0 + OUTPUT_DELAY  # b's, still the earlier
     b.flush()
@@ -188,9 +179,9 @@ def test_the_deadline_is_the_earliest_of_the_outputs(posted, clock):
 def test_flush_due_sends_only_what_is_due(posted, clock):
     a, b = Output(posted, 0, clock), Output(posted, 1, clock)
     hosted = Hosted("x", {}, outputs=[a, b])
-    clock.now = 0.0
+    clock.t = 0.0
     a.write(b"a")  # due at 0.002
-    clock.now = 0.001
+    clock.t = 0.001
     b.write(b"b")  # due at 0.003
     hosted.flush_due(0.0019)
     assert posted == []

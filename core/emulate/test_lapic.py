@@ -15,6 +15,7 @@ from vmboot.core.emulate.lapic import (
     APIC_LVT_THERMAL, APIC_LVT_TIMER, APIC_PPR, APIC_SVR, APIC_TIMER_CURRENT, APIC_TIMER_DIVIDE,
     APIC_TIMER_INITIAL, APIC_TMR, APIC_TPR, APIC_VERSION, LocalApic, timer_divisor,
 )
+from vmboot.tests.fakes import Clock
 
 START = 8765.4321  # a monotonic clock reading, with a fraction, as in real runs
 ALL_LVTS = (APIC_LVT_CMCI, APIC_LVT_TIMER, APIC_LVT_THERMAL, APIC_LVT_PERF, APIC_LVT_LINT0,
@@ -27,14 +28,6 @@ SELF = 1 << 18  # ICR destination shorthands
 ALL_INCLUDING_SELF = 2 << 18
 ALL_EXCLUDING_SELF = 3 << 18
 TIMER_VECTOR = 0x30
-
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class FakeTimer:

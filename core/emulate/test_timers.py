@@ -13,16 +13,9 @@ from typing import Callable
 import pytest
 
 from vmboot.core.emulate.timers import Timer, TimerQueue
+from vmboot.tests.fakes import Clock
 
 WAIT = 10.0  # seconds; a broken queue fails the test instead of hanging it
-
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ import pytest
 from vmboot.devices.pmtimer.pmtimer import (
     PM_TIMER_FREQUENCY, PM_TIMER_REGISTER_SIZE, PM_TIMER_WIDTH, CounterDescription, PmTimer,
 )
+from vmboot.tests.fakes import Clock
 
 EPOCH = 4321.0  # the fake monotonic clock's value when the timer is created
-
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

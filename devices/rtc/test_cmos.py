@@ -15,6 +15,7 @@ from vmboot.devices.rtc.cmos import (
     REG_HOURS, REG_HOURS_ALARM, REG_MINUTES, REG_MINUTES_ALARM, REG_MONTH, REG_SECONDS,
     REG_SECONDS_ALARM, REG_YEAR, CmosRtc, from_bcd, to_bcd,
 )
+from vmboot.tests.fakes import Clock
 
 INDEX, DATA = 0, 1
 SET = 0x80
@@ -25,14 +26,6 @@ PM = 0x80
 
 # Thursday 29 February 2024, 13:45:30 UTC.
 LEAP_DAY = calendar.timegm((2024, 2, 29, 13, 45, 30))
-
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
