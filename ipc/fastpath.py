@@ -99,12 +99,12 @@ def parse_fast_registers(items: object) -> tuple[list[Counter], list[Mirror]]:
             raise ProtocolError(f"unknown fast register kind {kind!r}")
         if set(item) != {"kind", *fields} or not all(_integer(item[f]) for f in fields if f != "epoch"):
             raise ProtocolError("malformed fast register declaration")
-        c = cls(*(float(item[f]) if f == "epoch" and type(item[f]) in (int, float) else item[f] for f in fields))
+        if kind == "counter" and (type(item["epoch"]) not in (int, float) or not math.isfinite(item["epoch"])):
+            raise ProtocolError("malformed fast register declaration")
+        c = cls(**{f: float(item[f]) if f == "epoch" else item[f] for f in fields})
         if c.size not in (1, 2, 4, 8) or not 0 <= c.offset < 1 << 32 or not 0 <= c.window < 256:
             raise ProtocolError("fast register declaration out of range")
         if kind == "counter":
-            if type(c.epoch) is not float or not math.isfinite(c.epoch):
-                raise ProtocolError("malformed fast register declaration")
             if not 0 < c.frequency <= MAX_COUNTER_FREQUENCY or not 0 < c.width <= 8 * c.size:
                 raise ProtocolError("fast register declaration out of range")
             counters.append(c)

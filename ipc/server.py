@@ -50,7 +50,6 @@ class DeviceServer:
         self.test_hooks = test_hooks
         self.running = True
         self.rejected = 0
-        self.hang_next = False  # the "hang" test hook
 
     def post(self, *fields) -> None:
         """Send an event to the core (posted)."""
@@ -89,10 +88,6 @@ class DeviceServer:
         except ProtocolError as err:
             self._reject(None, str(err))
             return
-        if self.hang_next:  # stuck until the core hangs up (poll reports only POLLHUP for no events)
-            stuck = select.poll()
-            stuck.register(self.ctl.fileno(), 0)
-            stuck.poll()
         kind, fields = msg[0], msg[1:]
         seq = fields[0] if kind not in (Msg.WRITE, Msg.SHUTDOWN, Msg.HELLO) and fields else None
         if seq is not None and not SEQ(seq):  # SNAPSHOT's field is checked loosely: it is also an event's
@@ -110,6 +105,8 @@ class DeviceServer:
                 self.running = False
             elif kind is Msg.TEST:
                 self._reply(seq, self._test(fields[1]))
+                if fields[1] == "hang":  # reached only with test hooks on
+                    self._hang()
             elif kind in (Msg.RESET, Msg.SNAPSHOT, Msg.RESTORE, Msg.INPUT, Msg.ACTIVATE):
                 self._reply(seq, self.hosted.handle(kind, fields))
             else:
@@ -156,9 +153,13 @@ class DeviceServer:
             os.open("/etc/passwd", os.O_RDONLY)  # forbidden by every policy: SIGSYS
         elif what == "abort":
             os.abort()
-        elif what == "hang":
-            self.hang_next = True  # answer this, then never answer again: a hung device
-        return "survived"
+        return "survived"  # "hang" too: it hangs once this answer is sent
+
+    def _hang(self) -> None:
+        """Never answer again, until the core hangs up (poll reports POLLHUP even for no events)."""
+        stuck = select.poll()
+        stuck.register(self.ctl.fileno(), 0)
+        stuck.poll()
 
 
 def hello(ctl: Channel, info_for: Callable[[str, dict], dict]) -> tuple[str, dict]:
