@@ -5,7 +5,7 @@ so nothing is ever installed as a bare ``core`` or ``devices`` package.
 """
 from setuptools import find_namespace_packages, setup
 
-FOLDERS = ("core", "devices", "ipc", "assets", "launcher", "policies", "tests", "bench")
+FOLDERS = ("abi", "core", "devices", "ipc", "assets", "launcher", "policies", "tests", "bench")
 
 packages: list[str] = []
 package_dir: dict[str, str] = {}

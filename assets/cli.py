@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..core.errors import VmbootError
+from vmboot.abi.errors import VmbootError
 
 
 def main(argv: list[str] | None = None) -> int:

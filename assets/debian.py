@@ -9,7 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..core.errors import VmbootError
+from vmboot.abi.errors import VmbootError
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"

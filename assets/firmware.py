@@ -1,7 +1,9 @@
 """Build EDK2's CloudHv firmware (CLOUDHV.fd) from Debian 12's edk2 source package.
 
-The recipe is shared/design.md §7. Both flavours come out of one source tree:
-RELEASE (quiet, fast) and DEBUG (logs to the debug port 0x402).
+The recipe is cloud-hypervisor's docs/uefi.md ("Building UEFI Firmware for x86-64":
+BaseTools, then ``build -a X64 -t GCC5 -p OvmfPkg/CloudHv/CloudHvX64.dsc``), run on
+Debian's source package instead of a git checkout. Both flavours come out of one source
+tree: RELEASE (quiet, fast) and DEBUG (logs to the debug port 0x402).
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..core.errors import VmbootError
+from vmboot.abi.errors import VmbootError
+
 from .cache import cached, digest, progress
 from .debian import PrivateApt
 

@@ -1,4 +1,4 @@
-"""Guest disk images for boot tests, built from Debian 12's packages (shared/design.md §8).
+"""Guest disk images for boot tests, built from Debian 12's packages.
 
 ``guest_dir()`` builds once and caches a directory holding:
 
@@ -31,7 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import VmbootError
+from vmboot.abi.errors import VmbootError
+
 from .cache import cache_root, cached, digest, file_sha256, progress
 from .debian import PrivateApt
 

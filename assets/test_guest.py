@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from vmboot.abi.errors import VmbootError
 from vmboot.assets import guest
-from vmboot.core.errors import VmbootError
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 QEMU = "qemu-system-x86_64"

@@ -15,7 +15,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..core.errors import VmbootError
+from vmboot.abi.errors import VmbootError
+
 from .cache import cached, digest, file_sha256, progress
 
 UNICORN_VERSION = "2.1.4"

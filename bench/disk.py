@@ -37,15 +37,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
+from vmboot.abi.virtio import VIRTIO_BLK_S_OK, VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_F_VERSION_1, QueueSetup
 from vmboot.core.disk import DiskSpec, open_disk
-from vmboot.core.errors import VmbootError
-from vmboot.core.memory import GuestMemory
-from vmboot.core.pci.virtio_pci import QueueSetup
-from vmboot.core.sidecar import Sidecars
-from vmboot.core.virtio_host import InprocBackend, sidecar_disk
+from vmboot.core.platform import InprocHost
+from vmboot.core.supervisor.supervisor import Supervisor
+from vmboot.core.virtio_host import InprocBackend, process_backend
+from vmboot.devices import registry
 from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment
-from vmboot.devices.virtio.spec import VIRTIO_BLK_S_OK, VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_F_VERSION_1
-from vmboot.devices.virtio_blk.blk import VirtioBlk
 
 MB = 10**6
 MIB = 1 << 20
@@ -61,8 +61,12 @@ SEQ_RUNS = 3
 # -- runners: who serves the queue ---------------------------------------------------------------------
 
 
+DISK = registry.kinds(registry.Attach.DISK)[0]  # the kind a --disk gets
+PARAMS = {"name": "bench", "readonly": True, "serial": "bench"}
+
+
 def inproc_runner(memory: GuestMemory, fd: int):
-    return InprocBackend(VirtioBlk(fd, readonly=True, name="bench"), memory)
+    return InprocBackend(DISK.build(PARAMS, {"disk": fd}, InprocHost([], {}, time.time, time.monotonic)), memory)
 
 
 class SandboxedDisk:
@@ -70,14 +74,14 @@ class SandboxedDisk:
     seccomp in kill mode), behind the same backend interface."""
 
     def __init__(self, memory: GuestMemory, fd: int):
-        self.sidecars = Sidecars("kill", "warn")
-        self.backend = sidecar_disk(self.sidecars, memory, VirtioBlk(fd, readonly=True, name="bench"), fd, "bench")
+        self.supervisor = Supervisor("kill", "warn")
+        self.backend = process_backend(self.supervisor, memory, DISK, "bench", PARAMS, {"disk": fd}, 0)
 
     def __getattr__(self, name):
         return getattr(self.backend, name)
 
     def close(self) -> None:
-        self.sidecars.close()
+        self.supervisor.close()
         self.backend.close()
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boot import time_to_marker, vmboot_cmd  # noqa: E402
+
 from vmboot.devices.serial.uart16550 import LSR as UART_LSR  # noqa: E402
 from vmboot.devices.serial.uart16550 import LSR_THRE as UART_LSR_THRE  # noqa: E402
 from vmboot.devices.serial.uart16550 import THR as UART_THR  # noqa: E402
@@ -87,13 +88,18 @@ def bench_naive_zmq(reads: int) -> tuple[list[float], list[float]]:
 
 
 def bench_vmboot(reads: int) -> tuple[list[float], ...]:
-    from vmboot.core.sidecar import Events, Sidecar, Sidecars
-    sidecars = Sidecars("kill", "warn")
+    from vmboot.core.platform import InprocHost
+    from vmboot.core.supervisor.device import DeviceConfig
+    from vmboot.core.supervisor.supervisor import Supervisor
+    from vmboot.devices import registry
+    supervisor = Supervisor("kill", "warn")
+    host = InprocHost([], {}, time.time, time.monotonic)
+
+    def start(name: str):
+        kind = registry.get(name)
+        return supervisor.add(DeviceConfig(kind, name, kind.params(host))).proxy.window(0)
     try:
-        rtc = sidecars.add(Sidecar("rtc", "rtc", {}, "snapshot", Events())).proxy.window(0)
-        pm = sidecars.add(Sidecar("pmtimer", "pmtimer", {"epoch": time.monotonic()}, "stateless",
-                                  Events())).proxy.window(0)
-        uart = sidecars.add(Sidecar("serial", "serial", {}, "snapshot", Events())).proxy.window(0)
+        rtc, pm, uart = start("rtc"), start("pmtimer"), start("serial")
         rtc.write(0, b"\x0a")
         rtc.read(1, 1)
         pm.read(0, 4)
@@ -111,7 +117,7 @@ def bench_vmboot(reads: int) -> tuple[list[float], ...]:
         console = timed(console_byte, reads)
         return forwarded, posted, hot, mirrored, console
     finally:
-        sidecars.close()
+        supervisor.close()
 
 
 def pss_kib(pid: int) -> int:
@@ -124,7 +130,7 @@ def pss_kib(pid: int) -> int:
 def bench_memory(firmware: Path) -> tuple[int, int, int]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from vmboot.tests.console import Console
-    from vmboot.tests.sidecars import descendants
+    from vmboot.tests.processes import descendants
     with Console(*vmboot_cmd(firmware, "sandboxed")[3:]) as console:
         console.expect(b"Shell> ", 60)
         time.sleep(1)

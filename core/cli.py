@@ -8,14 +8,15 @@ import sys
 import threading
 import time
 
+from vmboot.abi.errors import VmbootError
+
 from .config import EXIT_ERROR, EXIT_POWEROFF, EXIT_QUIT, EXIT_RESET, parse_args
 from .console import CrLfHandler, SerialConsole
-from .errors import VmbootError
 from .events import Outcome, Stop
 from .kvm.system import host_has_hw_virt, kvm_flavour
-from .sidecar import TRACE_ENV
 from .stats import BootClock
-from .zygote import Zygote
+from .supervisor.supervisor import TRACE_ENV
+from .supervisor.zygote import ZygoteClient
 
 PROG = "vmboot-core"
 log = logging.getLogger("vmboot")
@@ -72,17 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     return report_end(stop)
 
 
-def start_zygote(config) -> Zygote | None:
+def start_zygote(config) -> ZygoteClient | None:
     """The device zygote, started before the machine's modules are imported so that its start
     (an interpreter and its imports) runs beside the core's; one for the VM's whole life."""
     if config.devices != "sandboxed" or os.environ.get(TRACE_ENV):
         return None
-    zygote = Zygote()
+    zygote = ZygoteClient()
     zygote.start()
     return zygote
 
 
-def run_until_done(config, accel: str, console: SerialConsole, started: float, zygote: Zygote | None) -> Stop:
+def run_until_done(config, accel: str, console: SerialConsole, started: float, zygote: ZygoteClient | None) -> Stop:
     """Run the VM, restarting it when the guest resets, until it ends for another reason."""
     from .machine import Machine  # the heaviest import, after the zygote's start (see start_zygote)
 

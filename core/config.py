@@ -2,23 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import layout
+from vmboot.abi import layout
+from vmboot.abi.cli import ACCELS, EXIT_ERROR, EXIT_POWEROFF, EXIT_QUIT, EXIT_RESET, EXIT_USAGE, Parser, parse_size
+from vmboot.abi.errors import UsageError
+from vmboot.abi.virtio import VIRTIO_BLK_ID_BYTES
+
 from .disk import DiskSpec
-from .errors import UsageError
 
-SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 LOG_LEVELS = ("error", "warn", "info", "debug")
-ACCELS = ("auto", "kvm", "emulate")
-
-EXIT_POWEROFF = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_RESET = 3  # --no-reboot and the guest reset
-EXIT_QUIT = 4  # the user stopped the VM
 
 EPILOG = f"""\
 exit status:
@@ -33,7 +27,7 @@ console keys (--serial tty): Ctrl-a x quits, Ctrl-a Ctrl-a sends Ctrl-a, Ctrl-a 
 
 
 @dataclass
-class Output:
+class OutputSetting:
     mode: str  # "tty", "file" or "off"
     path: Path | None = None
 
@@ -46,8 +40,8 @@ class VmConfig:
     cmdline: str | None = None
     memory: int = 512 * layout.MiB
     cpus: int = 1
-    serial: Output = field(default_factory=lambda: Output("tty"))
-    debugcon: Output = field(default_factory=lambda: Output("off"))
+    serial: OutputSetting = field(default_factory=lambda: OutputSetting("tty"))
+    debugcon: OutputSetting = field(default_factory=lambda: OutputSetting("off"))
     accel: str = "auto"
     log_level: str = "warn"
     stats: bool = False
@@ -55,18 +49,6 @@ class VmConfig:
     disks: list[DiskSpec] = field(default_factory=list)
     devices: str = "sandboxed"
     seccomp: str = "kill"
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2
-        raise UsageError(f"{message} (see --help)")
-
-
-def parse_size(text: str, what: str) -> int:
-    m = re.fullmatch(r"(\d+)([KMGT]?)i?B?", text.strip(), re.IGNORECASE)
-    if not m:
-        raise UsageError(f"{what}: '{text}' is not a size (use for example 512M or 2G)")
-    return int(m.group(1)) * SIZE_SUFFIXES[m.group(2).upper()]
 
 
 def parse_kv(option: str, text: str, keys: tuple[str, ...]) -> dict[str, str]:
@@ -81,16 +63,16 @@ def parse_kv(option: str, text: str, keys: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def parse_output(option: str, text: str, allow_tty: bool) -> Output:
+def parse_output(option: str, text: str, allow_tty: bool) -> OutputSetting:
     if text == "off":
-        return Output("off")
+        return OutputSetting("off")
     if text == "tty" and allow_tty:
-        return Output("tty")
+        return OutputSetting("tty")
     if text.startswith("file="):
         path = text[5:]
         if not path:
             raise UsageError(f"{option}: file= needs a path")
-        return Output("file", Path(path))
+        return OutputSetting("file", Path(path))
     choices = "tty, file=PATH or off" if allow_tty else "file=PATH or off"
     raise UsageError(f"{option}: '{text}' is not one of {choices}")
 
@@ -165,6 +147,6 @@ def parse_disk(text: str) -> DiskSpec:
     if readonly not in ("on", "off"):
         raise UsageError(f"--disk readonly={readonly}: use on or off")
     ident = kv.get("id")
-    if ident is not None and (not ident or len(ident.encode()) > 20):
-        raise UsageError(f"--disk id={ident}: 1 to 20 bytes (it is the virtio-blk serial)")
+    if ident is not None and (not ident or len(ident.encode()) > VIRTIO_BLK_ID_BYTES):
+        raise UsageError(f"--disk id={ident}: 1 to {VIRTIO_BLK_ID_BYTES} bytes (it is the virtio-blk serial)")
     return DiskSpec(Path(kv["path"]), readonly == "on", ident)

@@ -17,7 +17,7 @@ import tty
 from pathlib import Path
 from typing import Callable
 
-from .errors import VmbootError
+from vmboot.abi.errors import VmbootError
 
 CTRL_A = 0x01
 ESCAPE_HELP = b"\r\nC-a x    quit vmboot\r\nC-a C-a  send C-a\r\nC-a h    this help\r\n"

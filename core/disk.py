@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VmbootError
+from vmboot.abi.errors import VmbootError
 
 
 @dataclass

@@ -9,19 +9,20 @@ import logging
 import os
 from pathlib import Path
 
-from . import layout
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
+
 from .acpi import AcpiConfig, write_acpi_tables
-from .boot.linux import boot_kernel
+from .boot.bzimage import boot_kernel
 from .boot.pvh import boot_pvh
 from .config import VmConfig
 from .console import SerialConsole
-from .errors import VmbootError
 from .events import Stop, VmEvents
-from .memory import GuestMemory
 from .platform import Platform
-from .sidecar import Sidecars
-from .zygote import Zygote
 from .stats import BootClock, ConsoleMilestones, report
+from .supervisor.supervisor import Supervisor
+from .supervisor.zygote import ZygoteClient
 from .virtio_host import VirtioDevices
 
 log = logging.getLogger("vmboot")
@@ -55,7 +56,7 @@ class DebugOutput:
 
 class Machine:
     def __init__(self, config: VmConfig, accel: str, console: SerialConsole, clock: BootClock,
-                 zygote: Zygote | None = None):
+                 zygote: ZygoteClient | None = None):
         self.config = config
         self.console = console
         self.clock = clock
@@ -64,7 +65,7 @@ class Machine:
         self.backend = None
         self.debug_out = None
         self.virtio = None
-        self.sidecars = None
+        self.supervisor = None
         if config.firmware and config.memory < layout.MIN_FIRMWARE_MEMORY:
             raise VmbootError(
                 f"--memory size={config.memory >> 20}M is too small: the firmware needs at least "
@@ -76,13 +77,13 @@ class Machine:
             if config.debugcon.mode == "file":
                 self.debug_out = DebugOutput(config.debugcon.path)
             if config.devices == "sandboxed":
-                self.sidecars = Sidecars(config.seccomp, config.log_level, on_fatal=self.events.error,
-                                         zygote=zygote)
+                self.supervisor = Supervisor(config.seccomp, config.log_level, on_fatal=self.events.error,
+                                             zygote=zygote)
             self.platform = Platform(
                 self.events, self.backend.irq_line, serial_out=console.write,
-                debug_out=self.debug_out.write if self.debug_out else None, sidecars=self.sidecars,
+                debug_out=self.debug_out.write if self.debug_out else None, supervisor=self.supervisor,
             )
-            self.virtio = VirtioDevices(self.memory, self.platform, self.backend, self.sidecars)
+            self.virtio = VirtioDevices(self.memory, self.platform, self.backend, self.supervisor)
             for index, disk in enumerate(config.disks):
                 self.virtio.add_disk(disk, index)
             rsdp = write_acpi_tables(self.memory, AcpiConfig(cpus=config.cpus))
@@ -114,9 +115,9 @@ class Machine:
         return report(self.clock, self.platform.ports, self.platform.mmio, self.backend.stats())
 
     def close(self) -> None:
-        if self.sidecars is not None:
-            self.sidecars.close()
-            self.sidecars = None
+        if self.supervisor is not None:
+            self.supervisor.close()
+            self.supervisor = None
         if self.virtio is not None:
             self.virtio.close()
             self.virtio = None

@@ -5,11 +5,11 @@ import logging
 
 import pytest
 
-from vmboot.core import layout
+from vmboot.abi import layout
 from vmboot.core.bus import Bus
 from vmboot.core.pci.host_bridge import HostBridge
 from vmboot.core.pci.root import PciConfigIo, PciRoot
-from vmboot.devices.power.power import ResetControl
+from vmboot.core.power import ResetControl
 
 
 class Recorder:

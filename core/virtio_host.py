@@ -1,7 +1,7 @@
 """The core's side of virtio devices: backends behind the transport, and interrupts.
 
 ``InprocBackend`` runs a device's queue worker in a thread of the core
-(--devices inproc). The interrupt relay turns call-eventfd signals from any
+(--devices inproc); ``ProcessBackend`` relays to a device process. The interrupt relay turns call-eventfd signals from any
 device into MSI-X or INTx interrupts through the transport.
 """
 from __future__ import annotations
@@ -10,16 +10,25 @@ import logging
 import os
 import select
 import threading
+import time
 
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.virtio import QueueSetup
+from vmboot.devices import registry
+from vmboot.devices.registry import Attach, DeviceKind
+from vmboot.devices.served import CONFIG_WINDOW
 from vmboot.devices.virtio.worker import QueueWorker, new_eventfds
 from vmboot.ipc.protocol import Msg
 from vmboot.ipc.proxy import DeviceGone
 
-from .pci.virtio_pci import QueueSetup, VirtioPciDevice
+from .acpi.dsdt import prt_gsi
+from .disk import open_disk
+from .pci.virtio_pci import BAR_SIZE, NOTIFY_OFF_MULTIPLIER, NOTIFY_OFFSET, VirtioPciDevice
+from .platform import InprocHost
+from .supervisor.device import DeviceConfig, DeviceProcess, Events
+from .supervisor.supervisor import HELLO_TIMEOUT, Supervisor
 
 log = logging.getLogger("vmboot.virtio")
-
-CONFIG_WINDOW = 1  # a virtio device process's configuration space
 
 
 class InprocBackend:
@@ -57,23 +66,28 @@ class InprocBackend:
             os.close(fd)
 
 
-class SidecarBackend:
+class ProcessBackend:
     """A virtio device whose queues are served by a sandboxed process (vhost-user style).
 
     The process maps guest memory from the memfd, reads kicks from and signals
     calls to the eventfds created here; the core keeps the transport and only
-    relays configuration reads, activation and reset over the channel.
+    relays configuration reads, activation and reset over the channel. What the
+    transport must know of the device (its features, its queue size) comes from
+    the device's HELLO, checked by the supervisor against its kind.
     """
 
-    def __init__(self, description, sidecar):
-        self.device_type = description.device_type
-        self.num_queues = description.num_queues
-        self.queue_max_size = description.queue_max_size
-        self.features = description.features
-        self.sidecar = sidecar
-        self.kick_fds = [sidecar.fds[f"kick{i}"] for i in range(self.num_queues)]
-        self.call_fds = [sidecar.fds[f"call{i}"] for i in range(self.num_queues)]
-        self._config = sidecar.proxy.window(CONFIG_WINDOW)
+    def __init__(self, device: DeviceProcess):
+        virtio = device.config.kind.virtio
+        self.device_type = virtio.device_type
+        self.num_queues = virtio.queues
+        self.device = device
+        self.kick_fds = [device.config.fds[f"kick{i}"] for i in range(self.num_queues)]
+        self.call_fds = [device.config.fds[f"call{i}"] for i in range(self.num_queues)]
+        self._config = device.proxy.window(CONFIG_WINDOW)
+        if not device.started.wait(HELLO_TIMEOUT) or device.hello is None:
+            raise VmbootError(f"device {device.name} did not start")
+        self.features = device.hello.features
+        self.queue_max_size = device.hello.queue_max_size
 
     def config_read(self, offset: int, size: int) -> bytes:
         return self._config.read(offset, size)
@@ -82,12 +96,12 @@ class SidecarBackend:
         self._config.write(offset, data)
 
     def activate(self, features: int, queues: list[QueueSetup]) -> None:
-        self.sidecar.proxy.call(Msg.ACTIVATE, features, [[q.index, q.size, q.desc, q.driver, q.device]
-                                                         for q in queues])
+        self.device.proxy.call(Msg.ACTIVATE, features, [[q.index, q.size, q.desc, q.driver, q.device]
+                                                        for q in queues])
 
     def reset(self) -> None:
         try:
-            self.sidecar.proxy.call(Msg.RESET)
+            self.device.proxy.call(Msg.RESET)
         except DeviceGone:
             pass
 
@@ -96,20 +110,17 @@ class SidecarBackend:
             os.close(fd)
 
 
-def sidecar_disk(sidecars, memory, blk, fd: int, serial: str, on_dma_write=None) -> SidecarBackend:
-    """A virtio-blk device process for the disk ``fd``, described by ``blk`` (the same model,
-    which the process builds again from these parameters); it reports its writes to guest
-    memory to ``on_dma_write`` if given (the emulate backend must hear of them)."""
-    from .sidecar import Events, Sidecar
-
-    fds = {"memory": memory.fd, "disk": fd}
-    for i in range(blk.num_queues):
+def process_backend(supervisor: Supervisor, memory, kind: DeviceKind, name: str, params: dict,
+                    fds: dict[str, int], fsize: int, on_dma_write=None) -> ProcessBackend:
+    """A device process of a virtio ``kind``, with guest memory, its own descriptors, and a kick and a
+    call eventfd per queue; it reports its writes to guest memory to ``on_dma_write`` if given (the
+    emulate backend must hear of them)."""
+    fds = {"memory": memory.fd, **fds}
+    for i in range(kind.virtio.queues):
         fds[f"kick{i}"], fds[f"call{i}"] = new_eventfds(2)
-    params = {"name": blk.name, "memory_size": memory.size, "readonly": blk.readonly,
-              "serial": serial, "report_dma": on_dma_write is not None}
+    params = dict(params, memory_size=memory.size, report_dma=on_dma_write is not None)
     events = Events(dma=on_dma_write) if on_dma_write is not None else Events()
-    sidecar = sidecars.add(Sidecar("virtio_blk", blk.name, params, "never", events, fds=fds, fsize=blk.size))
-    return SidecarBackend(blk, sidecar)
+    return ProcessBackend(supervisor.add(DeviceConfig(kind, name, params, events, fds, fsize)))
 
 
 class InterruptRelay:
@@ -156,44 +167,41 @@ class InterruptRelay:
 class VirtioDevices:
     """The machine's virtio devices: disks now, network later."""
 
-    def __init__(self, memory, platform, cpu, sidecars=None):
+    def __init__(self, memory, platform, cpu, supervisor: Supervisor | None = None):
         self.memory = memory
         self.platform = platform
         self.cpu = cpu
-        self.sidecars = sidecars
+        self.supervisor = supervisor
         self.relay = InterruptRelay()
         self.backends: list = []
         self.fds: list[int] = []
         self._mappings: dict[VirtioPciDevice, object] = {}
 
     def add_disk(self, spec, index: int) -> VirtioPciDevice:
-        from vmboot.devices.virtio_blk.blk import VirtioBlk
-
-        from .acpi.dsdt import prt_gsi
-        from .disk import open_disk
-        from .pci.virtio_pci import PCI_CLASS_STORAGE_SCSI
-
+        """A disk (--disk): a device of the kind the registry attaches per disk, which takes the
+        parameters name, readonly and serial, and the descriptor "disk"."""
         fd = open_disk(spec)
         self.fds.append(fd)
-        name = f"disk{index}"
-        serial = spec.id or f"vmboot-disk{index}"
-        blk = VirtioBlk(fd, spec.readonly, serial=serial, name=name)
-        if self.sidecars is None:
-            backend = InprocBackend(blk, self.memory, on_dma_write=self.cpu.dma_written)
+        params = {"name": f"disk{index}", "readonly": spec.readonly, "serial": spec.id or f"vmboot-disk{index}"}
+        size = os.lseek(fd, 0, os.SEEK_END)  # a file's or a block device's: the most the device may write
+        return self._add(registry.kinds(Attach.DISK)[0], params["name"], params, {"disk": fd}, size)
+
+    def _add(self, kind: DeviceKind, name: str, params: dict, fds: dict[str, int], fsize: int) -> VirtioPciDevice:
+        if self.supervisor is None:
+            host = InprocHost([], {}, time.time, time.monotonic, dma=self.cpu.dma_written)
+            backend = InprocBackend(kind.build(params, fds, host), self.memory, on_dma_write=self.cpu.dma_written)
         else:
             dma = self.cpu.dma_written if self.cpu.name == "emulate" else None
-            backend = sidecar_disk(self.sidecars, self.memory, blk, fd, serial, dma)
+            backend = process_backend(self.supervisor, self.memory, kind, name, params, fds, fsize, dma)
         self.backends.append(backend)
         slot = self.platform.pci.free_slot()
-        transport = VirtioPciDevice(backend, name, PCI_CLASS_STORAGE_SCSI, msi=self.cpu,
+        transport = VirtioPciDevice(backend, name, kind.virtio.pci_class, msi=self.cpu,
                                     intx=self.cpu.irq_line(prt_gsi(slot, 0)), on_bar_moved=self._bar_moved)
         self.platform.pci.attach(slot, transport)
         self.relay.add(transport)
         return transport
 
     def _bar_moved(self, dev: VirtioPciDevice, address: int | None) -> None:
-        from .pci.virtio_pci import BAR_SIZE, NOTIFY_OFF_MULTIPLIER, NOTIFY_OFFSET
-
         old = self._mappings.pop(dev, None)
         with self.platform.lock:
             if old is not None:

@@ -17,6 +17,8 @@ import os
 import select
 import socket
 
+from vmboot.abi.linux import SO_RCVBUFFORCE, SO_SNDBUFFORCE
+
 from .protocol import MAX_FDS, MAX_MESSAGE_BYTES, ProtocolError, decode, encode
 
 SOCKET_BUFFER = 4 * MAX_MESSAGE_BYTES
@@ -29,7 +31,7 @@ class ChannelClosed(Exception):
 def size_buffers(sock: socket.socket) -> None:
     """Room for the largest message. SO_SNDBUF is capped by net.core.wmem_max (208 KiB
     on a stock kernel); the *FORCE variants (root) go past it."""
-    for forced, plain in ((33, socket.SO_SNDBUF), (32, socket.SO_RCVBUF)):  # SO_SNDBUFFORCE, SO_RCVBUFFORCE
+    for forced, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
         try:
             sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
         except PermissionError:

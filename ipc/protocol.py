@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: TEST (15) is gone
 MAX_MESSAGE_BYTES = 1 << 17  # 128 KiB: far above any legitimate message, below the socket buffers
 MAX_DATA_BYTES = 1 << 16  # bytes in one READ/WRITE/OUTPUT/INPUT
 MAX_FDS = 32  # descriptors passed with one message (SPAWN)
@@ -40,8 +40,7 @@ class Msg(enum.IntEnum):
     INPUT = 12  # [INPUT, seq, data]                           -> REPLY bytes accepted
     ACTIVATE = 13  # virtio: [ACTIVATE, seq, features, queues]  -> REPLY None
     DMA = 14  # device -> core (event): [DMA, [[gpa, length], ...]] posted
-    TEST = 15  # [TEST, seq, what]: test hooks, refused unless the device runs with them
-    # Between the core and its device zygote (devices/zygote.py):
+    # Between the core and its device zygote (devices/process/zygote.py):
     SPAWN = 16  # core -> zygote: [SPAWN, seq, kind, options, fd names] + the fds  -> REPLY pid
     EXITED = 17  # zygote -> core: [EXITED, pid, returncode]      posted; returncode -N: killed by signal N
 
@@ -128,7 +127,6 @@ SCHEMA: dict[Msg, tuple] = {
     Msg.INPUT: (SEQ, _bytes(MAX_DATA_BYTES)),
     Msg.ACTIVATE: (SEQ, _uint(64), _queues),
     Msg.DMA: (_dma_list,),
-    Msg.TEST: (SEQ, _text),
     Msg.SPAWN: (SEQ, _text, _map, _names),
     Msg.EXITED: (_uint(32), _returncode),
 }

@@ -124,11 +124,11 @@ class DeviceProxy:
             except (ChannelClosed, DeviceGone):
                 pass  # a posted write to a dead device is lost, as on a bus with nothing there
 
-    def window(self, index: int) -> "Window":
-        return Window(self, index)
+    def window(self, index: int) -> "WindowProxy":
+        return WindowProxy(self, index)
 
 
-class Window:
+class WindowProxy:
     """One register window of a device process, as the bus sees it."""
 
     def __init__(self, proxy: DeviceProxy, index: int):

@@ -1,4 +1,4 @@
-"""The device side of the protocol: one loop that serves a hosted device.
+"""The device side of the protocol: one loop that serves a device.
 
 It answers the core's requests on the control channel, posts events on the
 event channel, and wakes for any extra descriptors the device watches (a
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import select
 import sys
 import time
@@ -23,8 +22,8 @@ from .protocol import PROTOCOL_VERSION, SEQ, Msg, ProtocolError
 log = logging.getLogger("vmboot.device")
 
 
-class Hosted(Protocol):
-    """What a device process serves (see vmboot.devices.host)."""
+class Served(Protocol):
+    """What a device process serves (devices/served.py)."""
 
     name: str
     windows: dict  # window number -> model with read(offset, size) / write(offset, data)
@@ -32,6 +31,8 @@ class Hosted(Protocol):
     mirrors: list  # (Mirror, a function returning its copy: [data, invalidating offsets] or None)
 
     def info(self) -> dict: ...
+
+    def after_write(self, post: Callable[..., None]) -> None: ...  # a guest write is done: snapshot if changed
 
     def handle(self, kind: Msg, fields: list) -> object: ...
 
@@ -43,11 +44,10 @@ class Hosted(Protocol):
 
 
 class DeviceServer:
-    def __init__(self, ctl: Channel, evt: Channel, hosted: Hosted, test_hooks: bool = False):
+    def __init__(self, ctl: Channel, evt: Channel, served: Served):
         self.ctl = ctl
         self.evt = evt
-        self.hosted = hosted
-        self.test_hooks = test_hooks
+        self.served = served
         self.running = True
         self.rejected = 0
 
@@ -61,21 +61,21 @@ class DeviceServer:
     def serve(self) -> None:
         poller = select.poll()
         poller.register(self.ctl.fileno(), select.POLLIN)
-        for fd in self.hosted.watch:
+        for fd in self.served.watch:
             poller.register(fd, select.POLLIN)
         ctl = self.ctl.fileno()
         while self.running:
-            deadline = self.hosted.deadline()
+            deadline = self.served.deadline()
             timeout = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
             for fd, events in poller.poll(timeout):
                 if fd == ctl:
                     self._serve_one()
                 else:
-                    self.hosted.watch[fd]()
+                    self.served.watch[fd]()
             if deadline is not None:
-                self.hosted.flush_due(time.monotonic())
+                self.served.flush_due(time.monotonic())
         try:
-            self.hosted.flush()  # what the guest wrote last, before SHUTDOWN
+            self.served.flush()  # what the guest wrote last, before SHUTDOWN
         except ChannelClosed:
             pass
 
@@ -100,15 +100,11 @@ class DeviceServer:
             elif kind is Msg.WRITE:
                 window, offset, data = fields
                 self._window(window).write(offset, data)
-                self.hosted.after_write(self.post)
+                self.served.after_write(self.post)
             elif kind is Msg.SHUTDOWN:
                 self.running = False
-            elif kind is Msg.TEST:
-                self._reply(seq, self._test(fields[1]))
-                if fields[1] == "hang":  # reached only with test hooks on
-                    self._hang()
             elif kind in (Msg.RESET, Msg.SNAPSHOT, Msg.RESTORE, Msg.INPUT, Msg.ACTIVATE):
-                self._reply(seq, self.hosted.handle(kind, fields))
+                self._reply(seq, self.served.handle(kind, fields))
             else:
                 raise ProtocolError("not a request")
         except ChannelClosed:
@@ -121,20 +117,20 @@ class DeviceServer:
 
     def _reply(self, seq: int, payload) -> None:
         """A reply, with the copies of the device's mirrors as they are now (ipc/fastpath.py)."""
-        if self.hosted.mirrors:
-            self.ctl.send(Msg.REPLY, seq, payload, [copy() for _, copy in self.hosted.mirrors])
+        if self.served.mirrors:
+            self.ctl.send(Msg.REPLY, seq, payload, [copy() for _, copy in self.served.mirrors])
         else:
             self.ctl.send(Msg.REPLY, seq, payload)
 
     def _window(self, window: int):
         try:
-            return self.hosted.windows[window]
+            return self.served.windows[window]
         except KeyError:
             raise ProtocolError(f"no register window {window}") from None
 
     def _reject(self, seq: int | None, why: str) -> None:
         self.rejected += 1
-        log.warning("%s: rejected a message: %s", self.hosted.name, why)
+        log.warning("%s: rejected a message: %s", self.served.name, why)
         try:
             self.ctl.send(Msg.ERROR, seq, why[:4096])
         except ChannelClosed:
@@ -142,24 +138,8 @@ class DeviceServer:
 
     def _refuse_posted(self, why: str) -> None:
         self.rejected += 1
-        log.warning("%s: rejected a message: %s", self.hosted.name, why)
+        log.warning("%s: rejected a message: %s", self.served.name, why)
         self.post(Msg.ERROR, None, why[:4096])
-
-    def _test(self, what: str) -> str:
-        """Test-only hooks: make the device misbehave on purpose."""
-        if not self.test_hooks:
-            raise ProtocolError("test hooks are off")
-        if what == "openat":
-            os.open("/etc/passwd", os.O_RDONLY)  # forbidden by every policy: SIGSYS
-        elif what == "abort":
-            os.abort()
-        return "survived"  # "hang" too: it hangs once this answer is sent
-
-    def _hang(self) -> None:
-        """Never answer again, until the core hangs up (poll reports POLLHUP even for no events)."""
-        stuck = select.poll()
-        stuck.register(self.ctl.fileno(), 0)
-        stuck.poll()
 
 
 def hello(ctl: Channel, info_for: Callable[[str, dict], dict]) -> tuple[str, dict]:

@@ -27,7 +27,7 @@ from vmboot.ipc import proxy as proxy_module
 from vmboot.ipc.channel import Channel, channel_pair
 from vmboot.ipc.fastpath import Copy, Counter, Mirror
 from vmboot.ipc.protocol import Msg, ProtocolError
-from vmboot.ipc.proxy import DeviceGone, DeviceProxy, Window
+from vmboot.ipc.proxy import DeviceGone, DeviceProxy, WindowProxy
 from vmboot.ipc.server import DeviceServer
 
 JOIN_TIMEOUT = 5.0
@@ -188,7 +188,7 @@ def test_an_undecodable_reply_reads_as_all_ones_and_the_device_stays(link):
 
 def test_windows_are_views_of_one_proxy(link):
     a, b = link.proxy.window(1), link.proxy.window(1)
-    assert isinstance(a, Window) and a.proxy is link.proxy and a.index == 1
+    assert isinstance(a, WindowProxy) and a.proxy is link.proxy and a.index == 1
     a.write(0, b"x")
     b.write(0, b"y")
     assert link.received() == [[Msg.WRITE, 1, 0, b"x"], [Msg.WRITE, 1, 0, b"y"]]

@@ -66,28 +66,23 @@ import re
 import shlex
 import sys
 
-from vmboot.core.config import ACCELS
-from vmboot.core.errors import UsageError, VmbootError
+from vmboot.abi.cli import ACCELS, EXIT_ERROR, EXIT_POWEROFF, EXIT_USAGE, Parser
+from vmboot.abi.errors import UsageError, VmbootError
 
 from . import launch, sysfs
 from .image import KERNEL
-from .scan import DEFAULT_NAME, Candidate, ScanResult, Scanner, Usage
-from .settings import (DEFAULTS, DISKS_NONE, ConfigError, Settings, accel_value, cpus_value, disk_value,
-                       memory_value, net_value, serial_value)
+from .scan import DEFAULT_NAME, Candidate, Scanner, ScanResult, Usage
+from .settings import (
+    DEFAULTS, DISKS_NONE, ConfigError, Settings, accel_value, cpus_value, disk_value, memory_value, net_value,
+    serial_value,
+)
 
 PROG = "vmboot"
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 5
+EXIT_OK = EXIT_POWEROFF
+EXIT_NOT_FOUND = 5  # after vmboot-core's own statuses
 PCI_ID = re.compile(r"(?:0x)?([0-9a-fA-F]{1,4}):(?:0x)?([0-9a-fA-F]{1,4})")
 
 log = logging.getLogger("vmboot.launcher")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
 
 
 def build_parser() -> Parser:

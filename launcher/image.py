@@ -7,7 +7,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from vmboot.core.boot.pvh import parse_pvh
+from vmboot.abi.pvh import parse_pvh
 
 FIRMWARE = "firmware"
 KERNEL = "kernel"

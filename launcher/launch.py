@@ -15,13 +15,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from vmboot.core import layout
-from vmboot.core.errors import VmbootError
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
 
 from .image import KERNEL
 from .scan import Candidate, Disk, Usage
+from .settings import DISKS_AUTO, DISKS_NONE, DiskSetting, Settings
 from .sysfs import block_dev
-from .settings import DISKS_AUTO, DISKS_NONE, DiskSpec, Settings
 
 CORE_NAME = "vmboot-core"
 MEMFD_NAME_MAX = 249  # memfd_create(2): the name is at most 249 bytes
@@ -30,7 +30,7 @@ SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SE
 log = logging.getLogger("vmboot.launcher")
 
 
-def disks_to_pass(settings: Settings, disks: list[Disk], chosen: Candidate, usage: Usage) -> list[DiskSpec]:
+def disks_to_pass(settings: Settings, disks: list[Disk], chosen: Candidate, usage: Usage) -> list[DiskSetting]:
     """The disks the VM gets: the explicit list, none, or (auto) every usable scanned disk but the firmware's."""
     if settings.disks == DISKS_NONE:
         return []
@@ -45,11 +45,11 @@ def disks_to_pass(settings: Settings, disks: list[Disk], chosen: Candidate, usag
         elif disk is chosen.volume.disk and not settings.pass_firmware_disk:
             log.info("not passing %s: it holds the firmware (--pass-firmware-disk passes it)", disk.path)
         else:
-            out.append(DiskSpec(disk.path))
+            out.append(DiskSetting(disk.path))
     return out
 
 
-def _check_explicit(spec: DiskSpec, usage: Usage) -> None:
+def _check_explicit(spec: DiskSetting, usage: Usage) -> None:
     if not os.path.exists(spec.path):
         raise VmbootError(f"disk {spec.path}: no such file or device")
     reason = usage.reason(block_dev(spec.path))
@@ -57,7 +57,7 @@ def _check_explicit(spec: DiskSpec, usage: Usage) -> None:
         raise VmbootError(f"refusing to pass disk {spec.path} to the VM: it is {reason}")
 
 
-def core_command(core: str, image_path: str, kind: str, settings: Settings, disks: list[DiskSpec]) -> list[str]:
+def core_command(core: str, image_path: str, kind: str, settings: Settings, disks: list[DiskSetting]) -> list[str]:
     argv = [core, "--kernel" if kind == KERNEL else "--firmware", image_path,
             "--memory", f"size={settings.memory // layout.MiB}M", "--cpus", f"boot={settings.cpus}"]
     if settings.serial:

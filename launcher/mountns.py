@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from vmboot.core.linux import CLONE_NEWNS, MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC
+from vmboot.abi.linux import CLONE_NEWNS, MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC
 
 from . import loopdev
 from .fsprobe import EXT4, XFS

@@ -21,7 +21,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from vmboot.core.errors import VmbootError
+from vmboot.abi.errors import VmbootError
 
 from . import fsprobe, mountns
 from .fat import FatError, FatVolume

@@ -20,9 +20,9 @@ import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 
-from vmboot.core import layout
-from vmboot.core.config import ACCELS, parse_size
-from vmboot.core.errors import UsageError
+from vmboot.abi import layout
+from vmboot.abi.cli import ACCELS, parse_size
+from vmboot.abi.errors import UsageError
 
 CONFIG_NAME = "vmboot.toml"
 DEFAULT_MEMORY = 1 * layout.GiB
@@ -40,7 +40,7 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class DiskSpec:
+class DiskSetting:
     path: str
     readonly: bool = False
 
@@ -56,7 +56,7 @@ class Settings:
     cpus: int | None = None
     serial: str | None = None
     accel: str | None = None
-    disks: str | tuple[DiskSpec, ...] | None = None  # DISKS_AUTO, DISKS_NONE or explicit disks
+    disks: str | tuple[DiskSetting, ...] | None = None  # DISKS_AUTO, DISKS_NONE or explicit disks
     pass_firmware_disk: bool | None = None
     nets: tuple[str, ...] | None = None
     cmdline: str | None = None
@@ -100,12 +100,12 @@ def accel_value(text: str) -> str:
     return text
 
 
-def disk_value(path: str, readonly: bool = False) -> DiskSpec:
+def disk_value(path: str, readonly: bool = False) -> DiskSetting:
     if not path.startswith("/"):
         raise ValueError(f"disk '{path}': give an absolute path such as /dev/sdb")
     if "," in path:
         raise ValueError(f"disk '{path}': a path with a comma cannot be passed to vmboot-core")
-    return DiskSpec(path, readonly)
+    return DiskSetting(path, readonly)
 
 
 def net_value(name: str) -> str:
@@ -152,7 +152,7 @@ def _toml_type(value) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
-def _disks(value) -> str | tuple[DiskSpec, ...]:
+def _disks(value) -> str | tuple[DiskSetting, ...]:
     if isinstance(value, str):
         if value not in (DISKS_AUTO, DISKS_NONE):
             raise ValueError(f"disks: '{value}' is not \"auto\", \"none\" or a list of disks")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmboot.launcher.cli import EXIT_NOT_FOUND, main
-from vmboot.launcher.testdisks import fat_in, partition, pvh_elf, sparse_file
+from vmboot.tests.disk_images import fat_in, partition, pvh_elf, sparse_file
 
 MiB = 1 << 20
 FIRMWARE = pvh_elf()

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from vmboot.launcher.partitions import (GPT_HEADER, PartitionTableError, read_partition_table)
+from vmboot.launcher.partitions import GPT_HEADER, PartitionTableError, read_partition_table
 from vmboot.launcher.region import OpenDisk
 
 MiB = 1 << 20

@@ -5,10 +5,9 @@ import logging
 import subprocess
 from pathlib import Path
 
-
 from vmboot.launcher.scan import Scanner, Usage
 from vmboot.launcher.sysfs import Mount, SysBlock, mounts, natural_key
-from vmboot.launcher.testdisks import fat_in, partition, pvh_elf, sparse_file, splice
+from vmboot.tests.disk_images import fat_in, partition, pvh_elf, sparse_file, splice
 
 MiB = 1 << 20
 FIRMWARE = pvh_elf()

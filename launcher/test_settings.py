@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmboot.launcher.settings import DEFAULTS, ConfigError, DiskSpec, Settings, parse_config
+from vmboot.launcher.settings import DEFAULTS, ConfigError, DiskSetting, Settings, parse_config
 
 WHERE = "/dev/sdb1:/vmboot.toml"
 FULL = """\
@@ -22,7 +22,7 @@ cmdline = "console=ttyS0 root=/dev/vda2"
 def test_every_key():
     assert parse_config(FULL, WHERE) == Settings(
         memory=2 << 30, cpus=4, serial="file=/var/log/guest.log", accel="emulate",
-        disks=(DiskSpec("/dev/nvme0n1"), DiskSpec("/dev/sdb", readonly=True)), pass_firmware_disk=True,
+        disks=(DiskSetting("/dev/nvme0n1"), DiskSetting("/dev/sdb", readonly=True)), pass_firmware_disk=True,
         nets=("tap0", "tap1"), cmdline="console=ttyS0 root=/dev/vda2")
 
 

@@ -11,10 +11,12 @@ audit. Every statement sits on one line and ends with a comment saying why:
 A condition is ``argN OP VALUE`` (OP one of == != < <= > >=) or the masked
 equality ``argN & MASK == VALUE``; conditions joined by ``and`` on one line
 must all hold, and several lines for one syscall are alternatives. VALUE is a
-number, a constant named after the kernel headers (CONSTANTS below), or an
-``|`` of those. A comment that starts with ``host:`` marks a line needed only
-on some hosts (the clock, where the host's clocksource has no vDSO): a trace
-here cannot prove it, so the proof lists it apart instead of calling it unused.
+number, a constant named after the kernel headers (abi/linux.py), or an
+``|`` of those. A comment that starts with a marker (UNTRACEABLE) says when a
+line is needed that a trace here cannot show, and the proof lists it apart
+instead of calling it unused: ``host:`` on some hosts only (the clock, where
+the host's clocksource has no vDSO), ``growth:`` only when the process's heap
+grows past what it had when it was sandboxed (Python's arenas).
 The checks here refuse what a device must never be allowed
 (NEVER, MUST_HOLD) and argument-sensitive syscalls without a condition
 (DANGEROUS), naming file:line.
@@ -43,53 +45,19 @@ from pathlib import Path
 
 import pyseccomp
 
-from vmboot.core import linux
+from vmboot.abi import linux
 
 POLICY_DIR = Path(__file__).resolve().parent
 SUFFIX = ".policy"
 COMMON = "common_device"
 MODES = ("kill", "log", "trace")
 ARG_COUNT = 6  # struct seccomp_data.args[6]
-HOST_DEPENDENT = "host:"  # a comment's first word: the line is needed on some hosts only
+# A comment's first word: when the line is needed, that a trace here may not show.
+UNTRACEABLE = {"host:": "not called on this host", "growth:": "the heap did not grow in this run"}
 U64 = (1 << 64) - 1
 
-# Named constants, with the values of the x86_64 kernel headers they are named after.
-CONSTANTS: dict[str, int] = {
-    # <asm-generic/mman-common.h>, <linux/mman.h>, <asm-generic/mman.h>
-    "PROT_NONE": 0x0, "PROT_READ": 0x1, "PROT_WRITE": 0x2, "PROT_EXEC": 0x4,
-    "MAP_SHARED": 0x01, "MAP_PRIVATE": 0x02, "MAP_FIXED": 0x10, "MAP_ANONYMOUS": 0x20,
-    "MAP_NORESERVE": 0x4000, "MAP_POPULATE": 0x8000, "MAP_STACK": 0x20000,
-    "MAP_FIXED_NOREPLACE": 0x100000,
-    "MADV_DONTNEED": 4, "MADV_FREE": 8, "MADV_HUGEPAGE": 14, "MADV_NOHUGEPAGE": 15,
-    "MREMAP_MAYMOVE": 1,
-    # <asm-generic/ioctls.h>
-    "FIONREAD": 0x541B, "FIONBIO": 0x5421, "FIONCLEX": 0x5450, "FIOCLEX": 0x5451,
-    # <asm-generic/fcntl.h>, <linux/fcntl.h>
-    "F_DUPFD": 0, "F_GETFD": 1, "F_SETFD": 2, "F_GETFL": 3, "F_SETFL": 4, "F_DUPFD_CLOEXEC": 1030,
-    "FD_CLOEXEC": 1, "O_NONBLOCK": 0o4000, "O_CLOEXEC": 0o2000000,
-    # <linux/falloc.h>
-    "FALLOC_FL_KEEP_SIZE": linux.FALLOC_FL_KEEP_SIZE, "FALLOC_FL_PUNCH_HOLE": linux.FALLOC_FL_PUNCH_HOLE,
-    "FALLOC_FL_ZERO_RANGE": linux.FALLOC_FL_ZERO_RANGE,
-    # <linux/sched.h>
-    "CLONE_VM": 0x100, "CLONE_FS": 0x200, "CLONE_FILES": 0x400, "CLONE_SIGHAND": 0x800,
-    "CLONE_THREAD": 0x10000, "CLONE_SYSVSEM": 0x40000, "CLONE_SETTLS": 0x80000,
-    "CLONE_PARENT_SETTID": 0x100000, "CLONE_CHILD_CLEARTID": 0x200000,
-    "CLONE_NEWNS": linux.CLONE_NEWNS, "CLONE_NEWUSER": linux.CLONE_NEWUSER, "CLONE_NEWPID": linux.CLONE_NEWPID,
-    "CLONE_NEWNET": linux.CLONE_NEWNET,
-    # <linux/futex.h>
-    "FUTEX_WAIT": 0, "FUTEX_WAKE": 1, "FUTEX_WAIT_BITSET": 9, "FUTEX_WAKE_BITSET": 10,
-    "FUTEX_PRIVATE_FLAG": 128, "FUTEX_CLOCK_REALTIME": 256,
-    "FUTEX_WAIT_PRIVATE": 128, "FUTEX_WAKE_PRIVATE": 129, "FUTEX_WAIT_BITSET_PRIVATE": 137,
-    "FUTEX_WAKE_BITSET_PRIVATE": 138,
-    # <linux/prctl.h>
-    "PR_SET_NAME": 15, "PR_GET_NAME": 16,
-    # <asm/signal.h>
-    "SIGKILL": 9, "SIGTERM": 15,
-    # <linux/time.h>
-    "CLOCK_REALTIME": 0, "CLOCK_MONOTONIC": 1,
-    # <asm-generic/socket.h>
-    "SOL_SOCKET": 1, "SO_ERROR": 4, "SO_SNDBUF": 7, "SO_RCVBUF": 8,
-}
+# Named constants: every public number of abi/linux.py, checked there against the headers.
+CONSTANTS: dict[str, int] = linux.constants()
 
 # Syscalls a device process must never be allowed, whatever the arguments.
 NEVER: dict[str, str] = {
@@ -205,8 +173,9 @@ class Rule:
         return all(c.holds(args) for c in self.conditions)
 
     @property
-    def host_dependent(self) -> bool:
-        return self.comment.startswith(HOST_DEPENDENT)
+    def untraceable(self) -> str | None:
+        """The marker that starts the comment (UNTRACEABLE), if any."""
+        return next((m for m in UNTRACEABLE if self.comment.startswith(m)), None)
 
 
 @dataclass
@@ -257,7 +226,7 @@ def _value(tokens: list[str], where: str) -> int:
         elif re.fullmatch(r"-?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0|[1-9]\d*)", term):
             result |= int(term, 0) & U64
         elif re.fullmatch(r"[A-Za-z_]\w*", term):
-            raise PolicyError(f"{where}: unknown constant {term!r} (add it to CONSTANTS in compiler.py)")
+            raise PolicyError(f"{where}: unknown constant {term!r} (add it to abi/linux.py)")
         else:
             raise PolicyError(f"{where}: expected a number or a constant, found {term!r}")
         if not tokens or tokens[0] != "|":
@@ -405,7 +374,10 @@ def _effective(name: str, directory: Path) -> tuple[list[str], list[Rule]]:
         return [COMMON + SUFFIX], rules
     if includes != [COMMON]:
         raise PolicyError(f"{name}{SUFFIX}: include {COMMON} once, and nothing else")
-    common_files, common_rules = _effective(COMMON, directory)
+    # A folder with a device's policy and no common part of its own (a kind declared outside
+    # devices/, as a test's is) takes the shipped one.
+    common_dir = directory if (directory / (COMMON + SUFFIX)).is_file() else POLICY_DIR
+    common_files, common_rules = _effective(COMMON, common_dir)
     return common_files + [name + SUFFIX], common_rules + rules
 
 

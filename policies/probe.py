@@ -27,9 +27,8 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
-
 from pathlib import Path
+from typing import Callable
 
 from vmboot.policies.compiler import (
     CONSTANTS, MASKED, NEVER, POLICY_DIR, U64, Condition, Policy, PolicyError, Rule, compile_filter, kill_records,

@@ -1,7 +1,6 @@
 """The policy format, its checks, the compiled filter and the kernel-log helper."""
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from vmboot.policies.compiler import (
-    COMMON, CONSTANTS, DANGEROUS, MASKED, MUST_HOLD, NEVER, U64, Condition, PolicyError, compile_filter,
-    device_names, filter_size, kill_records, load_policy, policy_problems, seccomp_kill_syscall, syscall_number,
+    COMMON, CONSTANTS, DANGEROUS, MASKED, MUST_HOLD, NEVER, U64, Condition, PolicyError, compile_filter, device_names,
+    filter_size, kill_records, load_policy, policy_problems, seccomp_kill_syscall, syscall_number,
 )
 
-DEVICES = {"rtc", "pmtimer", "serial", "debugcon", "virtio_blk"}
+DEVICES = device_names()  # devices/test_registry.py checks that they are the kinds' policies
 PROT_RX = CONSTANTS["PROT_READ"] | CONSTANTS["PROT_EXEC"]
 ANON = CONSTANTS["MAP_PRIVATE"] | CONSTANTS["MAP_ANONYMOUS"]
 
@@ -39,23 +38,7 @@ def problem(tmp_path: Path, line: str, name: str = "dev") -> str:
     return problems[0]
 
 
-# -- the constants are the kernel's ----------------------------------------------------------------
-C_HEADERS = ["sys/mman.h", "sys/ioctl.h", "fcntl.h", "linux/falloc.h", "sched.h", "linux/futex.h", "sys/prctl.h",
-             "signal.h", "sys/socket.h", "time.h", "stdio.h"]
-
-
-def test_constants_are_the_values_of_the_kernel_headers(tmp_path):
-    """Compile a C program that prints every constant of the table from the system's headers."""
-    assert shutil.which("cc"), "the C compiler (build-essential) is needed to read the kernel headers"
-    source = "#define _GNU_SOURCE\n" + "".join(f"#include <{h}>\n" for h in C_HEADERS)
-    source += "int main(void) {\n" + "".join(
-        f'    printf("{name} %llu\\n", (unsigned long long)({name}));\n' for name in CONSTANTS) + "}\n"
-    (tmp_path / "constants.c").write_text(source)
-    subprocess.run(["cc", "-o", str(tmp_path / "constants"), str(tmp_path / "constants.c")], check=True)
-    printed = subprocess.run([str(tmp_path / "constants")], capture_output=True, text=True, check=True).stdout
-    assert {line.split()[0]: int(line.split()[1]) for line in printed.splitlines()} == CONSTANTS
-
-
+# -- the constants are the kernel's (abi/test_linux.py checks them against the headers) ------------
 def test_syscall_numbers_are_the_x86_64_ones():
     assert syscall_number("read") == 0
     assert syscall_number("openat") == 257
@@ -126,7 +109,7 @@ def test_conditions_compare_unsigned_64_bit_values_as_seccomp_does(tmp_path):
     ("read   #   ", "dev.policy:2: 'read' has no comment saying why it is needed"),
     ("reed  # typo", "dev.policy:2: unknown syscall 'reed'"),
     ("socketcall  # i386 only", "dev.policy:2: unknown syscall 'socketcall'"),
-    ("ioctl arg1 == FIONBOI  # typo", "dev.policy:2: unknown constant 'FIONBOI' (add it to CONSTANTS in compiler.py)"),
+    ("ioctl arg1 == FIONBOI  # typo", "dev.policy:2: unknown constant 'FIONBOI' (add it to abi/linux.py)"),
     ("ioctl arg6 == 1  # no such argument", "dev.policy:2: expected arg0..arg5, found 'arg6'"),
     ("ioctl arg1 == 0755  # C octal", "dev.policy:2: expected a number or a constant, found '0755'"),
     ("ioctl\targ1 == 0o755 and arg2 > 3 and  # dangling and, after a tab",
@@ -225,8 +208,8 @@ def test_several_lines_with_conditions_are_alternatives(tmp_path):
     assert [policy.allows("futex", (0, op, 0, 0, 0, 0)) for op in range(3)] == [True, True, False]
 
 
-def test_the_shipped_policies_are_the_five_devices_and_pass_every_check():
-    assert set(device_names()) == DEVICES
+def test_every_shipped_policy_passes_every_check():
+    assert "virtio_blk" in DEVICES and len(DEVICES) >= 5
     for name in [COMMON, *DEVICES]:
         assert policy_problems(name) == [], name
 

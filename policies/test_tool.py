@@ -172,7 +172,7 @@ def test_check_trace_lists_host_dependent_lines_apart(policies, tmp_path, capsys
     assert main(["--policies", str(policies), "check", "--trace", str(traces)]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
         "blk: blk.strace: 4 syscalls, 4 calls after seccomp",
-        "host-dependent: common_device.policy:5 clock_gettime arg0 == CLOCK_REALTIME: not called on this host "
+        "host: common_device.policy:5 clock_gettime arg0 == CLOCK_REALTIME: not called on this host "
         "(the time of day, without a vDSO clock)",
         "traces: every listed syscall was needed and every syscall used was listed",
     ]

@@ -187,7 +187,7 @@ class Proof:
     traced: dict[str, Trace] = field(default_factory=dict)  # device -> its trace
     untraced: list[str] = field(default_factory=list)  # devices without a trace
     unused: list[Rule] = field(default_factory=list)  # lines no trace needed
-    host_dependent: list[Rule] = field(default_factory=list)  # "host:" lines no trace needed, not held against
+    untraceable: list[Rule] = field(default_factory=list)  # marked lines (UNTRACEABLE) no trace needed, not held against
     missing: dict[str, Counter] = field(default_factory=dict)  # device -> syscalls called but not listed
     refused: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # device -> syscall -> example calls
 
@@ -231,7 +231,7 @@ def prove(policies: dict[str, Policy], traces: dict[str, Trace]) -> Proof:
             seen.add(rule.where)
             same_line = [r for n in proof.traced for r in policies[n].rules if r.where == rule.where]
             if not any(id(r) in needed for r in same_line):
-                (proof.host_dependent if rule.host_dependent else proof.unused).append(rule)
+                (proof.untraceable if rule.untraceable else proof.unused).append(rule)
     return proof
 
 

@@ -24,9 +24,9 @@ class ConsoleTimeout(AssertionError):
 class Console:
     """vmboot-core with --serial tty, its stdin and stdout on pipes."""
 
-    def __init__(self, *args: str, stderr=subprocess.PIPE):
+    def __init__(self, *args: str, stderr=subprocess.PIPE, command: list[str] = VMBOOT_CORE):
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([*VMBOOT_CORE, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*command, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr)
         self.buffer = b""
         self.transcript = b""

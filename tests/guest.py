@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmboot.core.boot.linux import long_mode_entry
+from vmboot.abi.memory import GuestMemory
+from vmboot.core.boot.bzimage import long_mode_entry
 from vmboot.core.boot.pvh import pvh_entry_state
 from vmboot.core.events import Outcome, VmEvents
-from vmboot.core.memory import GuestMemory
 from vmboot.core.platform import Platform
 from vmboot.core.vcpu.state import real_mode_entry
 

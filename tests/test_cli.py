@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from vmboot.abi.errors import VmbootError
 from vmboot.core import cli
-from vmboot.core.errors import VmbootError
 from vmboot.core.kvm import system
 
 from .kernels import write_kernel

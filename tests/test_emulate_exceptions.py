@@ -207,7 +207,7 @@ def test_interrupt_from_ring_3_switches_to_the_tss_stack_and_pushes_esp_and_ss()
 
 # -- page faults (64-bit: the boot page tables map 4 GiB with 2 MiB pages) -------------------------
 
-BOOT_PD_1G = 0xC000  # the page directory for 1-2 GiB (core/boot/linux.py: BOOT_PD + 0x1000)
+BOOT_PD_1G = 0xC000  # the page directory for 1-2 GiB (core/boot/bzimage.py: BOOT_PD + 0x1000)
 PF_ADDRESS = 0x40000123  # in the 2 MiB page its first entry maps
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.launcher.testdisks import (MBR_FAT, MBR_LABEL_ID, LoopDevice, gpt_disk_with_xfs_firmware,
-                                       loops_backed_by, mbr_disk_with_vfat_firmware)
-
 from .console import Console, plain
+from .disk_images import (
+    MBR_FAT, MBR_LABEL_ID, LoopDevice, gpt_disk_with_xfs_firmware, loops_backed_by, mbr_disk_with_vfat_firmware,
+)
 
 pytestmark = pytest.mark.firmware
 

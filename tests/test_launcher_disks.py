@@ -1,6 +1,6 @@
 """vmboot on real loop devices (root): GPT with ext4, a corrupt partition and XFS; MBR with vfat; a bad firmware.
 
-The images are made at test time (launcher/testdisks.py), attached without
+The images are made at test time (tests/disk_images.py), attached without
 partition scanning (these machines make no /dev/loopNpM nodes, so vmboot
 reaches partitions through offsets), and detached afterwards even when a test
 fails. Every vmboot run is checked for leftovers: no mount, no loop device.
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.launcher.testdisks import (LINUX_FS, LoopDevice, ext4_image, fat_in, gpt_disk_with_bad_firmware,
-                                       gpt_disk_with_xfs_firmware, loops_backed_by, mbr_disk_with_vfat_firmware,
-                                       partition, sparse_file, splice)
+from .disk_images import (
+    LINUX_FS, LoopDevice, ext4_image, fat_in, gpt_disk_with_bad_firmware, gpt_disk_with_xfs_firmware, loops_backed_by,
+    mbr_disk_with_vfat_firmware, partition, sparse_file, splice,
+)
 
 pytestmark = pytest.mark.firmware
 

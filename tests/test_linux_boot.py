@@ -16,7 +16,8 @@ from vmboot.assets.guest import fresh_copy, guest_dir, load_manifest, parse_cons
 pytestmark = pytest.mark.firmware
 
 ACPI_TROUBLE = re.compile(r"ACPI (BIOS )?(Error|Warning)|ACPI Exception|\bAE_[A-Z_]+|acpi.*fail", re.I)
-# The one expected note: the platform offers no ECAM (design.md: the firmware uses port 0xCF8),
+# The one expected note: the platform offers no ECAM (the firmware uses port 0xCF8: edk2's
+# OvmfPkg/CloudHv/CloudHvX64.dsc links PciLib to BasePciLibCf8; see core/acpi/mcfg.py),
 # so Linux says it cannot reach extended configuration space, as on QEMU's i440fx machine.
 NO_ECAM = "acpi PNP0A03:00: fail to add MMCONFIG information, can't access extended PCI configuration space"
 
@@ -73,7 +74,7 @@ def test_linux_boots_from_the_disk_and_powers_off(firmware, images, tmp_path, de
 def test_the_devices_of_a_linux_boot_need_nothing_their_policies_refuse(firmware, images, tmp_path):
     """Every device under strace through a whole Linux boot: each syscall it made after
     seccomp is one its policy allows, with those arguments. (The policies' own test proves
-    each line needed, with policies/workload.py; a boot does not use them all.)"""
+    each line needed on the real processes, tests/test_policy_proof.py; a boot does not use them all.)"""
     from vmboot.policies.compiler import device_names, load_policy
     from vmboot.policies.trace import prove, read_traces
 

@@ -8,14 +8,17 @@ import time
 
 import pytest
 
+from vmboot.devices import registry
+
 from .console import Console
 from .kernels import write_kernel
-from .sidecars import (
+from .processes import (
     CAPABILITY_FIELDS, NAMESPACES, alive, comm, descendants, device_processes, fd_targets, make_fat_disk, namespace,
     status,
 )
 
-DEVICES = {"serial", "rtc", "pmtimer", "debugcon", "virtio_blk"}
+DEVICES = {k.name for k in registry.kinds()}  # a disk among them: the test boots with one
+PLATFORM = {k.name for k in registry.kinds(registry.Attach.PLATFORM)}
 
 
 def wait_for_devices(core_pid: int, kinds: set[str], timeout: float = 30) -> dict[str, int]:
@@ -54,7 +57,7 @@ def test_devices_are_sandboxed_processes_while_the_shell_runs(firmware, tmp_path
         # Only the disk device maps guest memory and holds the disk.
         blk = fd_targets(devices["virtio_blk"])
         assert any(t.startswith("/memfd:vmboot-ram") for t in blk) and str(disk) in blk
-        for kind in DEVICES - {"virtio_blk"}:
+        for kind in PLATFORM:
             targets = fd_targets(devices[kind])
             assert not any("memfd" in t or str(disk) in t for t in targets), f"{kind}: {targets}"
         # The zygote that forked them, and each device's reaper, keep none of it.

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.core.zygote import Zygote
+from vmboot.core.supervisor.zygote import ZygoteClient
+from vmboot.devices import registry
 from vmboot.ipc.channel import channel_pair
 from vmboot.ipc.protocol import MAX_FDS, PROTOCOL_VERSION, Msg
 
-from .sidecars import comm, descendants, status
+from .processes import comm, descendants, status
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def zygote():
-    z = Zygote()
+def zygote(misbehave):
+    z = ZygoteClient()  # its zygote imports the tests' kind too: the registry has it
     yield z
     z.close()
 
@@ -34,19 +35,21 @@ def root():
 
 
 def options(root: str, **overrides) -> dict:
-    return {"root": root, "seccomp": "kill", "fsize": 0, "test_hooks": True, **overrides}
+    return {"root": root, "seccomp": "kill", "fsize": 0, "policies": str(registry.get("rtc").policy_dir), **overrides}
 
 
-def start_rtc(zygote: Zygote, root: str):
-    """An RTC device from the zygote, through its handshake; returns (child, ctl channel)."""
+def start_rtc(zygote: ZygoteClient, root: str, kind: str = "rtc"):
+    """A device (the RTC) from the zygote, through its handshake; returns (child, ctl channel)."""
     ctl, ctl_theirs = channel_pair()
     evt, evt_theirs = channel_pair()
+    policies = str(registry.get(kind).policy_dir)
     try:
-        child = zygote.spawn("rtc", options(root), {"ctl": ctl_theirs.fileno(), "evt": evt_theirs.fileno()})
+        child = zygote.spawn(kind, options(root, policies=policies), {"ctl": ctl_theirs.fileno(),
+                                                                      "evt": evt_theirs.fileno()})
     finally:
         ctl_theirs.close()
         evt_theirs.close()
-    ctl.send(Msg.HELLO, PROTOCOL_VERSION, "rtc", {"log_level": "warn"})
+    ctl.send(Msg.HELLO, PROTOCOL_VERSION, kind, {"log_level": "warn"})
     assert ctl.recv(10)[0] is Msg.HELLO
     assert evt.recv(10) == [Msg.HELLO, PROTOCOL_VERSION, {"sandboxed": "kill"}]
     return child, ctl, evt
@@ -85,14 +88,15 @@ def test_a_forked_device_serves_sandboxed_and_exits_0_after_shutdown(zygote, roo
     ("a forbidden syscall", -signal.SIGSYS),
 ])
 def test_the_end_of_a_device_is_reported_as_its_signal(zygote, root, how, returncode):
-    child, ctl, _ = start_rtc(zygote, root)
+    from .fake_device import OPENAT
+    child, ctl, _ = start_rtc(zygote, root, "misbehave")
     device = device_of(child)
     if how == "kill the device":
         os.kill(device, signal.SIGKILL)
     elif how == "kill the reaper":
         child.kill()
     else:
-        ctl.send(Msg.TEST, 1, "openat")
+        ctl.send(Msg.WRITE, 0, 0, bytes([OPENAT]))  # the guest's command: it calls openat
     assert child.wait(10) == returncode
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{device}") and time.monotonic() < deadline:
@@ -104,7 +108,7 @@ def test_the_end_of_a_device_is_reported_as_its_signal(zygote, root, how, return
 def bare_zygote():
     """The zygote process with no client: the test speaks its protocol itself."""
     ctl, theirs = channel_pair()
-    proc = subprocess.Popen([sys.executable, "-m", "vmboot.devices.zygote", "--ctl-fd", str(theirs.fileno())],
+    proc = subprocess.Popen([sys.executable, "-m", "vmboot.devices.process.zygote", "--ctl-fd", str(theirs.fileno())],
                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     theirs.close()
     yield proc, ctl
@@ -124,8 +128,8 @@ def bare_zygote():
 ])
 def test_a_bad_spawn_is_refused_and_leaks_no_descriptor(bare_zygote, root, kind, opts, names, error):
     proc, ctl = bare_zygote
-    ctl.send(Msg.TEST, 1, "ping")  # refused, but once answered the zygote has its descriptors open
-    assert ctl.recv(10) == [Msg.ERROR, 1, "the zygote does not take TEST"]
+    ctl.send(Msg.RESET, 1)  # refused, but once answered the zygote has its descriptors open
+    assert ctl.recv(10) == [Msg.ERROR, 1, "the zygote does not take RESET"]
     before = fd_count(proc.pid)
     r, w = os.pipe()
     try:
@@ -179,7 +183,7 @@ def test_when_the_zygote_dies_its_devices_die_and_the_next_spawn_starts_another(
 
 
 def test_closing_ends_the_zygote(root):
-    zygote = Zygote()
+    zygote = ZygoteClient()
     child, ctl, _ = start_rtc(zygote, root)
     process = zygote.process
     ctl.send(Msg.SHUTDOWN)
@@ -193,8 +197,8 @@ def test_a_zygote_dies_with_its_client_and_takes_its_devices(root):
     # PR_SET_PDEATHSIG: a client process starts a zygote and a device, and is killed.
     code = ("import sys, time\n"
             "from tests.test_zygote import start_rtc\n"
-            "from vmboot.core.zygote import Zygote\n"
-            f"z = Zygote(); c, _, _ = start_rtc(z, {root!r})\n"
+            "from vmboot.core.supervisor.zygote import ZygoteClient\n"
+            f"z = ZygoteClient(); c, _, _ = start_rtc(z, {root!r})\n"
             "print(z.process.pid, c.pid, flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO)
     pids = {int(p) for p in proc.stdout.readline().split()}

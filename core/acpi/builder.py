@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import layout
-from ..errors import VmbootError
-from ..memory import GuestMemory
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
+
 from .config import AcpiConfig
 from .dsdt import dsdt
 from .fadt import fadt

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import layout
-from ..errors import VmbootError
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+
 from .madt import MAX_CPUS
 from .mcfg import ecam_size
 

@@ -8,17 +8,18 @@
     \\_SB.RTC_   MC146818 RTC/CMOS at 0x70-0x71 (PNP0B00), so Linux's rtc-cmos binds
     \\_SB.Cnnn   one processor device (ACPI0007) per vCPU, _UID = the MADT's processor UID
     \\_SB.ECAM   the ECAM range, reserved as a motherboard resource (PNP0C02), if offered
-    \\_S5        Package {5, 0, 0, 0}: SLP_TYP 5, which devices/power/power.py turns into power-off
+    \\_S5        Package {5, 0, 0, 0}: SLP_TYP 5, which core/power.py turns into power-off
 """
 from __future__ import annotations
 
-from vmboot.devices.power.power import SLP_TYP_S5
+from vmboot.abi import layout
 
-from .. import layout
+from ..power import SLP_TYP_S5
 from .aml import Aml, device, eisa_id, name, package, scope
 from .config import PCI_BUS, AcpiConfig, MmioWindow
-from .resources import (dword_memory, io, irq_no_flags, memory32_fixed, qword_memory, resource_template,
-                        word_bus_number, word_io)
+from .resources import (
+    dword_memory, io, irq_no_flags, memory32_fixed, qword_memory, resource_template, word_bus_number, word_io,
+)
 from .sdt import table
 
 DSDT_SIGNATURE = b"DSDT"

@@ -1,15 +1,16 @@
 """The FADT ("FACP"), revision 6, for a hardware-reduced ACPI platform (ACPI 6.5 §5.2.9).
 
 HW-reduced ACPI (§4.1) has no PM1 event/control blocks, no GPE blocks and no
-SCI; power-off goes through the sleep control register instead. Our registers
-(shared/design.md §6; devices/power/power.py, devices/pmtimer/):
+SCI; power-off goes through the sleep control register instead. Our registers,
+where cloud-hypervisor's FADT puts them (vmm/src/acpi.rs, create_facp_table;
+core/power.py, devices/pmtimer/):
 
 - SLEEP_CONTROL_REG and SLEEP_STATUS_REG: I/O port 0x600, 8 bits (§4.8.3.7);
 - RESET_REG: the same port, RESET_VALUE 1;
 - X_PM_TMR_BLK: I/O port 0x608, 32 bits, with TMR_VAL_EXT. The spec lets
   OSPM ignore the PM timer on HW-reduced platforms; Linux x86 still reads
   X_PM_TMR_BLK for its acpi_pm clocksource;
-- CENTURY: CMOS index 0x32 (devices/rtc/cmos.py).
+- CENTURY: CMOS index 0x32, the RTC's century byte.
 
 The FADT points to the DSDT only through X_DSDT: the 32-bit DSDT field must be
 zero when X_DSDT is set, and the CloudHv firmware reads X_DSDT.
@@ -18,10 +19,9 @@ from __future__ import annotations
 
 import struct
 
-from vmboot.devices.power.power import ACPI_RESET_VALUE
-from vmboot.devices.rtc.cmos import REG_CENTURY
+from vmboot.abi import layout
 
-from .. import layout
+from ..power import ACPI_RESET_VALUE
 from .sdt import NO_REGISTER, GenericAddress, table
 
 FADT_SIGNATURE = b"FACP"
@@ -75,7 +75,7 @@ IAPC_VGA_NOT_PRESENT = 1 << 2
 IAPC_CMOS_RTC_NOT_PRESENT = 1 << 5  # not set: the MC146818 at 0x70 is there
 
 PM_PROFILE_UNSPECIFIED = 0
-RTC_CENTURY_INDEX = REG_CENTURY  # CMOS index 0x32
+RTC_CENTURY_INDEX = layout.CMOS_CENTURY
 
 RESET_VALUE = ACPI_RESET_VALUE  # 1
 SLEEP_REGISTER = GenericAddress.io_port(layout.PORT_ACPI_SLEEP, 8)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import struct
 
-from .. import layout
+from vmboot.abi import layout
+
 from .sdt import table
 
 MADT_SIGNATURE = b"APIC"

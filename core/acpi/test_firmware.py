@@ -18,11 +18,11 @@ import time
 
 import pytest
 
+from vmboot.abi.memory import GuestMemory
 from vmboot.assets.firmware import firmware_path
 from vmboot.core.acpi import AcpiConfig, build_acpi_tables, write_acpi_tables
 from vmboot.core.boot.pvh import boot_pvh
 from vmboot.core.events import Outcome, VmEvents
-from vmboot.core.memory import GuestMemory
 from vmboot.core.platform import Platform
 
 pytestmark = pytest.mark.firmware

@@ -3,12 +3,12 @@ import struct
 
 import pytest
 
-from vmboot.core import layout
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
 from vmboot.core.acpi import AcpiConfig, MmioWindow, build_acpi_tables, write_acpi_tables
 from vmboot.core.acpi.dsdt import PCI_GSI_BASE, PCI_GSI_COUNT, prt_gsi
-from vmboot.core.errors import VmbootError
-from vmboot.core.memory import GuestMemory
-from vmboot.devices.power.power import AcpiSleepControl
+from vmboot.core.power import AcpiSleepControl
 
 FULL = AcpiConfig(cpus=4, mmio64=MmioWindow(1 << 36, 1 << 36), ecam=True)
 HEADER = struct.Struct("<4sIBB6s8sI4sI")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import layout
-from ..memory import GuestMemory
+from vmboot.abi import layout
+from vmboot.abi.memory import GuestMemory
 
 E820_RAM = 1
 E820_RESERVED = 2

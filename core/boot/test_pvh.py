@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.core import layout
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
 from vmboot.core.boot.memmap import E820_RAM, E820_RESERVED
-from vmboot.core.boot.pvh import (
-    HVM_MEMMAP_TABLE_ENTRY, HVM_START_INFO, HVM_START_MAGIC_VALUE, boot_pvh, parse_pvh,
-)
-from vmboot.core.errors import VmbootError
-from vmboot.core.memory import GuestMemory
+from vmboot.core.boot.pvh import HVM_MEMMAP_TABLE_ENTRY, HVM_START_INFO, HVM_START_MAGIC_VALUE, boot_pvh, parse_pvh
 from vmboot.core.vcpu.state import CR0_PE
 
 MiB = 1 << 20

@@ -18,10 +18,11 @@ import time
 from collections import Counter, deque
 from typing import Callable
 
-from .. import layout
-from ..errors import VmbootError
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
+
 from ..events import VmEvents
-from ..memory import GuestMemory
 from ..vcpu.dispatch import IoDispatcher
 from ..vcpu.exits import IoIn, IoOut, MmioRead, MmioWrite
 from ..vcpu.state import EntryState

@@ -12,7 +12,7 @@ import ctypes
 from ctypes import CFUNCTYPE, POINTER, c_int, c_uint, c_uint32, c_uint64, c_void_p
 from typing import Callable
 
-from ..errors import VmbootError
+from vmboot.abi.errors import VmbootError
 
 try:
     import unicorn

@@ -91,12 +91,6 @@ def timer_divisor(dcr: int) -> int:
     return 1 << ((value + 1) & 0x7)
 
 
-class Timers:
-    """What the LAPIC needs from a timer queue."""
-
-    def schedule(self, deadline: float, fn: Callable[[], None]): ...
-
-
 class LocalApic:
     def __init__(self, now_fn: Callable[[], float], timers, raise_intr: Callable[[], None],
                  eoi_level: Callable[[int], None] = lambda vector: None, apic_id: int = 0):

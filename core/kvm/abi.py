@@ -7,7 +7,7 @@ from ._abi import ffi, lib
 
 __all__ = ["ffi", "lib", "ioctl", "KvmIoctlError"]
 
-_IOCTL_PREFIXES = ("GET_", "SET_", "CREA", "RUN", "CHEC", "IRQ_", "IRQF", "IOEV", "SIGN", "ENAB")
+_IOCTL_PREFIXES = ("GET_", "SET_", "CREA", "RUN", "CHEC", "IRQ_", "IOEV", "SIGN", "ENAB")
 _NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_") and n[4:8] in _IOCTL_PREFIXES}
 
 

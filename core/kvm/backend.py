@@ -5,9 +5,10 @@ import threading
 from collections import Counter
 from typing import Callable
 
-from .. import layout
+from vmboot.abi import layout
+from vmboot.abi.memory import GuestMemory
+
 from ..events import VmEvents
-from ..memory import GuestMemory
 from ..vcpu.dispatch import IoDispatcher
 from ..vcpu.exits import CpuError
 from ..vcpu.pagewalk import read_code

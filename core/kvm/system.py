@@ -5,7 +5,8 @@ import errno
 import os
 from pathlib import Path
 
-from ..errors import VmbootError
+from vmboot.abi.errors import VmbootError
+
 from .abi import KvmIoctlError, ffi, ioctl, lib
 
 KVM_PATH = "/dev/kvm"

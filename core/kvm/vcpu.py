@@ -8,10 +8,8 @@ import signal
 import threading
 
 from ..vcpu.base import Vcpu
-from ..vcpu.exits import (
-    CpuError, Exit, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown, SystemEvent,
-)
-from ..vcpu.state import EntryState, Segment
+from ..vcpu.exits import CpuError, Exit, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, Shutdown, SystemEvent
+from ..vcpu.state import EntryState, SegmentRegister
 from .abi import KvmIoctlError, ffi, ioctl, lib
 from .vm import KvmVm
 
@@ -95,24 +93,6 @@ class KvmVcpu(Vcpu):
         out["cs_base"] = sregs.cs.base
         return out
 
-    def set_msrs(self, msrs: dict[int, int]) -> None:
-        arg = ffi.new("struct kvm_msrs *", {"nmsrs": len(msrs), "entries": [
-            {"index": i, "data": v} for i, v in msrs.items()]})
-        done = ioctl(self.fd, lib.KVM_SET_MSRS, arg)
-        if done != len(msrs):
-            bad = list(msrs)[done]
-            raise KvmIoctlError(errno.EINVAL, lib.KVM_SET_MSRS) from ValueError(f"MSR {bad:#x} rejected")
-
-    def get_lapic(self) -> bytearray:
-        state = ffi.new("struct kvm_lapic_state *")
-        ioctl(self.fd, lib.KVM_GET_LAPIC, state)
-        return bytearray(ffi.buffer(state.regs))
-
-    def set_lapic(self, regs: bytes) -> None:
-        state = ffi.new("struct kvm_lapic_state *")
-        ffi.buffer(state.regs)[:] = regs
-        ioctl(self.fd, lib.KVM_SET_LAPIC, state)
-
     # -- running --------------------------------------------------------------------
     def run(self) -> Exit:
         run = self._run
@@ -177,7 +157,7 @@ class KvmVcpu(Vcpu):
                 pass
 
 
-def _store_segment(dst, seg: Segment) -> None:
+def _store_segment(dst, seg: SegmentRegister) -> None:
     dst.base, dst.limit, dst.selector, dst.type = seg.base, seg.limit, seg.selector, seg.type
     dst.present, dst.dpl, dst.db, dst.s = seg.present, seg.dpl, seg.db, seg.s
     dst.l, dst.g, dst.avl, dst.unusable = seg.l, seg.g, 0, seg.unusable

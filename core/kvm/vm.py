@@ -13,7 +13,6 @@ class KvmVm:
         self.fd = ioctl(kvm.fd, lib.KVM_CREATE_VM, 0)
         os.set_inheritable(self.fd, False)
         self._next_slot = 0
-        self.has_irqchip = False
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -30,7 +29,6 @@ class KvmVm:
     def create_irqchip(self) -> None:
         """The in-kernel PIC pair, IOAPIC and per-vCPU LAPICs."""
         ioctl(self.fd, lib.KVM_CREATE_IRQCHIP)
-        self.has_irqchip = True
 
     def create_pit2(self) -> None:
         ioctl(self.fd, lib.KVM_CREATE_PIT2, ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY}))
@@ -55,10 +53,6 @@ class KvmVm:
             {"address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data},
         )
         ioctl(self.fd, lib.KVM_SIGNAL_MSI, msi)
-
-    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
-        flags = lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
-        ioctl(self.fd, lib.KVM_IRQFD, ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": flags}))
 
     def ioeventfd(self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None,
                   deassign: bool = False) -> None:

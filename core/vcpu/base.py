@@ -29,7 +29,3 @@ class Vcpu(ABC):
     @abstractmethod
     def registers(self) -> dict[str, int]:
         """General registers, RIP, RFLAGS and control registers, for diagnostics and tests."""
-
-    def read_guest_code(self, length: int) -> bytes | None:
-        """Bytes at the current RIP, if the backend can reach them (diagnostics)."""
-        return None

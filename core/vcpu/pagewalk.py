@@ -5,7 +5,8 @@ needed to read the code at a faulting RIP; no permission checks.
 """
 from __future__ import annotations
 
-from ..memory import GuestMemory, GuestMemoryError
+from vmboot.abi.memory import GuestMemory, GuestMemoryError
+
 from .state import CR0_PG, CR4_PAE, EFER_LMA
 
 PTE_PRESENT = 1 << 0

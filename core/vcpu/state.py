@@ -32,7 +32,7 @@ SEG_TYPE_LDT = 0x2
 
 
 @dataclass(frozen=True, slots=True)
-class Segment:
+class SegmentRegister:
     selector: int
     base: int
     limit: int
@@ -75,31 +75,31 @@ class Segment:
         )
 
 
-def flat_code32(selector: int) -> Segment:
-    return Segment(selector, 0, 0xFFFFFFFF, SEG_TYPE_CODE_RX_ACCESSED, db=1, g=1)
+def flat_code32(selector: int) -> SegmentRegister:
+    return SegmentRegister(selector, 0, 0xFFFFFFFF, SEG_TYPE_CODE_RX_ACCESSED, db=1, g=1)
 
 
-def flat_code64(selector: int) -> Segment:
-    return Segment(selector, 0, 0xFFFFFFFF, SEG_TYPE_CODE_RX_ACCESSED, l=1, g=1)
+def flat_code64(selector: int) -> SegmentRegister:
+    return SegmentRegister(selector, 0, 0xFFFFFFFF, SEG_TYPE_CODE_RX_ACCESSED, l=1, g=1)
 
 
-def flat_data(selector: int) -> Segment:
-    return Segment(selector, 0, 0xFFFFFFFF, SEG_TYPE_DATA_RW_ACCESSED, db=1, g=1)
+def flat_data(selector: int) -> SegmentRegister:
+    return SegmentRegister(selector, 0, 0xFFFFFFFF, SEG_TYPE_DATA_RW_ACCESSED, db=1, g=1)
 
 
-def boot_tss(selector: int) -> Segment:
-    return Segment(selector, 0, 0x67, SEG_TYPE_TSS_BUSY, s=0)
+def boot_tss(selector: int) -> SegmentRegister:
+    return SegmentRegister(selector, 0, 0x67, SEG_TYPE_TSS_BUSY, s=0)
 
 
-def real_mode_segment(selector: int, code: bool = False) -> Segment:
+def real_mode_segment(selector: int, code: bool = False) -> SegmentRegister:
     kind = SEG_TYPE_CODE_RX_ACCESSED if code else SEG_TYPE_DATA_RW_ACCESSED
-    return Segment(selector, selector << 4, 0xFFFF, kind)
+    return SegmentRegister(selector, selector << 4, 0xFFFF, kind)
 
 
-UNUSABLE_LDT = Segment(0, 0, 0, SEG_TYPE_LDT, s=0, present=0, unusable=1)
+UNUSABLE_LDT = SegmentRegister(0, 0, 0, SEG_TYPE_LDT, s=0, present=0, unusable=1)
 
 
-def gdt_bytes(segments: list[Segment | None]) -> bytes:
+def gdt_bytes(segments: list[SegmentRegister | None]) -> bytes:
     """Encode a GDT: entry i holds the descriptor of the segment whose selector is i*8."""
     return b"".join(struct.pack("<Q", seg.descriptor() if seg else 0) for seg in segments)
 
@@ -115,14 +115,14 @@ class EntryState:
     """Everything a backend needs to start a vCPU at a boot protocol's entry."""
 
     rip: int
-    cs: Segment
-    ds: Segment
-    ss: Segment
-    es: Segment
-    fs: Segment
-    gs: Segment
-    tr: Segment = field(default_factory=lambda: boot_tss(0))
-    ldt: Segment = UNUSABLE_LDT
+    cs: SegmentRegister
+    ds: SegmentRegister
+    ss: SegmentRegister
+    es: SegmentRegister
+    fs: SegmentRegister
+    gs: SegmentRegister
+    tr: SegmentRegister = field(default_factory=lambda: boot_tss(0))
+    ldt: SegmentRegister = UNUSABLE_LDT
     gdt: DescriptorTable = DescriptorTable(0, 0xFFFF)
     idt: DescriptorTable = DescriptorTable(0, 0xFFFF)
     cr0: int = CR0_ET
@@ -133,7 +133,7 @@ class EntryState:
     gprs: dict[str, int] = field(default_factory=dict)  # "rbx": value, ...
 
     @property
-    def segments(self) -> dict[str, Segment]:
+    def segments(self) -> dict[str, SegmentRegister]:
         return {
             "cs": self.cs, "ds": self.ds, "es": self.es, "fs": self.fs,
             "gs": self.gs, "ss": self.ss, "tr": self.tr, "ldt": self.ldt,
@@ -147,7 +147,7 @@ def real_mode_entry(cs: int, ip: int, sp: int = 0, ds: int | None = None) -> Ent
         rip=ip,
         cs=real_mode_segment(cs, code=True),
         ds=data, es=data, fs=data, gs=data, ss=data,
-        tr=Segment(0, 0, 0xFFFF, SEG_TYPE_TSS_BUSY, s=0),
+        tr=SegmentRegister(0, 0, 0xFFFF, SEG_TYPE_TSS_BUSY, s=0),
         gdt=DescriptorTable(0, 0xFFFF),
         idt=DescriptorTable(0, 0x3FF),
         gprs={"rsp": sp},

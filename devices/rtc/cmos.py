@@ -14,6 +14,8 @@ import calendar
 import time
 from typing import Callable
 
+from vmboot.abi.layout import CMOS_CENTURY
+
 INDEX = 0
 DATA = 1
 INDEX_NMI_DISABLE = 0x80
@@ -34,7 +36,7 @@ REG_A = 0x0A
 REG_B = 0x0B
 REG_C = 0x0C
 REG_D = 0x0D
-REG_CENTURY = 0x32  # PC/ACPI convention
+REG_CENTURY = CMOS_CENTURY
 CMOS_SIZE = 128
 
 REG_A_UIP = 0x80  # update in progress

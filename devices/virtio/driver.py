@@ -12,7 +12,9 @@ import select
 import struct
 from dataclasses import dataclass
 
-from .spec import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE, VIRTQ_USED_ELEM_SIZE
+from vmboot.abi.virtio import (
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE, VIRTQ_USED_ELEM_SIZE,
+)
 
 DESC = struct.Struct("<QIHH")
 

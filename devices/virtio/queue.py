@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .spec import (
+from vmboot.abi.virtio import (
     VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE,
     VIRTQ_MAX_SIZE, VIRTQ_USED_ELEM_SIZE,
 )

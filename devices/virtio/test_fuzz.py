@@ -25,14 +25,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from vmboot.core.memory import GuestMemory
-from vmboot.devices.virtio.queue import MAX_CHAIN_BYTES, QueueBroken, SplitQueue
-from vmboot.devices.virtio.spec import (
+from vmboot.abi.memory import GuestMemory
+from vmboot.abi.virtio import (
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE, VIRTQ_MAX_SIZE,
 )
+from vmboot.devices.virtio.queue import MAX_CHAIN_BYTES, QueueBroken, SplitQueue
 from vmboot.devices.virtio_blk.blk import MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, VirtioBlk
 
 FUZZ = settings(max_examples=300, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])

@@ -7,13 +7,13 @@ import struct
 
 import pytest
 
-from vmboot.core.memory import GuestMemory
-from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment
-from vmboot.devices.virtio.queue import MAX_CHAIN_BYTES, QueueBroken, SplitQueue
-from vmboot.devices.virtio.spec import (
+from vmboot.abi.memory import GuestMemory
+from vmboot.abi.virtio import (
     VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE,
     VIRTQ_MAX_SIZE, VIRTQ_USED_ELEM_SIZE,
 )
+from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment
+from vmboot.devices.virtio.queue import MAX_CHAIN_BYTES, QueueBroken, SplitQueue
 
 MEM_SIZE = 0x100000  # 1 MiB of guest RAM: everything from 0x100000 up is outside it
 RING_ARENA = (0x1000, 0x10000)

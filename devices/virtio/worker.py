@@ -14,8 +14,9 @@ import select
 import threading
 from typing import Callable, Protocol
 
+from vmboot.abi.virtio import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
+
 from .queue import QueueBroken, SplitQueue
-from .spec import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
 
 log = logging.getLogger("vmboot.virtio")
 

@@ -14,15 +14,15 @@ import logging
 import os
 import struct
 
-from vmboot.core.linux import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
-from vmboot.devices.virtio.queue import Chain, SplitQueue
-from vmboot.devices.virtio.spec import (
+from vmboot.abi.linux import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from vmboot.abi.virtio import (
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VIRTIO_F_VERSION_1,
     VIRTIO_ID_BLOCK, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 )
+from vmboot.devices.virtio.queue import Chain, SplitQueue
 
 log = logging.getLogger("vmboot.virtio_blk")
 
@@ -35,7 +35,6 @@ MAX_DISCARD_SEGMENTS = 32
 
 # struct virtio_blk_config (§5.2.4), the fields this device fills in.
 CONFIG = struct.Struct("<QII HBB I BBHI BB H IIIIIB3x")
-CONFIG_SIZE = CONFIG.size
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]

@@ -1,30 +1,25 @@
 """The virtio block device (VIRTIO 1.2 §5.2) driven as a guest drives it: requests are
-descriptor chains in guest memory, served from a real disk file; and core/disk.py, which
-opens and locks the image."""
+descriptor chains in guest memory, served from a real disk file. (Its worker thread behind the
+core's in-process backend: core/test_virtio_host.py; its process: tests/test_policy_proof.py.)"""
 from __future__ import annotations
 
 import os
 import random
 import struct
-import time
 import tracemalloc
 
 import pytest
 
-from vmboot.core.disk import DiskSpec, open_disk
-from vmboot.core.errors import VmbootError
-from vmboot.core.memory import GuestMemory
-from vmboot.core.pci.virtio_pci import QueueSetup
-from vmboot.core.virtio_host import InprocBackend
-from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment, kick_and_wait
-from vmboot.devices.virtio.queue import SplitQueue
-from vmboot.devices.virtio.spec import (
+from vmboot.abi.memory import GuestMemory
+from vmboot.abi.virtio import (
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
     VIRTQ_DESC_F_NEXT,
 )
+from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment
+from vmboot.devices.virtio.queue import SplitQueue
 from vmboot.devices.virtio_blk.blk import VirtioBlk
 
 SECTOR = 512
@@ -474,123 +469,3 @@ def test_capacity_rounds_down_to_whole_sectors(tmp_path):
         assert VirtioBlk(fd, readonly=True).capacity == 3
     finally:
         os.close(fd)
-
-
-# -- the real path: a worker thread woken by the kick eventfd, answering on the call eventfd ----------
-
-
-def test_requests_through_the_worker_thread(mem, disk):
-    path, data, fd = disk
-    blk = VirtioBlk(fd)
-    backend = InprocBackend(blk, mem)
-    try:
-        drv = QueueDriver(mem, Arena(0x1000, 0x10000), QSIZE)
-        backend.activate(blk.features, [QueueSetup(0, QSIZE, drv.desc, drv.avail, drv.used)])
-        arena = Arena(0x10000, MEM_SIZE)
-        hdr, buf, status = arena.alloc(16), arena.alloc(4 * SECTOR), arena.alloc(1)
-        payload = random.Random(9).randbytes(4 * SECTOR)
-        mem.write(hdr, header(OUT, 40))
-        mem.write(buf, payload)
-        head = drv.add([Segment(hdr, 16), Segment(buf, 4 * SECTOR), Segment(status, 1, True)])
-        assert kick_and_wait(backend.kick_fds[0], backend.call_fds[0], drv, 1) == [(head, 1)]
-        assert mem.read(status, 1) == bytes([OK])
-        assert contents(path) == data[: 40 * SECTOR] + payload + data[44 * SECTOR :]
-
-        mem.write(hdr, header(IN, 42))
-        mem.write(buf, bytes(4 * SECTOR))
-        head = drv.add([Segment(hdr, 16), Segment(buf, 4 * SECTOR, True), Segment(status, 1, True)])
-        assert kick_and_wait(backend.kick_fds[0], backend.call_fds[0], drv, 1) == [(head, 4 * SECTOR + 1)]
-        assert mem.read(buf, 4 * SECTOR) == payload[2 * SECTOR :] + data[44 * SECTOR : 46 * SECTOR]
-    finally:
-        backend.close()
-
-
-def test_worker_keeps_serving_after_a_broken_queue_is_reset(mem, disk):
-    _, data, fd = disk
-    blk = VirtioBlk(fd)
-    backend = InprocBackend(blk, mem)
-    try:
-        drv = QueueDriver(mem, Arena(0x1000, 0x10000), QSIZE)
-        setup = [QueueSetup(0, QSIZE, drv.desc, drv.avail, drv.used)]
-        backend.activate(blk.features, setup)
-        mem.write(drv.avail + 2, struct.pack("<H", QSIZE + 1))  # a ring gone bad
-        os.eventfd_write(backend.kick_fds[0], 1)
-        deadline = time.monotonic() + 5
-        while not backend.worker.broken and time.monotonic() < deadline:
-            time.sleep(0.002)
-        assert backend.worker.broken == {0}
-        backend.reset()
-        drv = QueueDriver(mem, Arena(0x1000, 0x10000), QSIZE)  # the driver starts over
-        backend.activate(blk.features, setup)
-        arena = Arena(0x10000, MEM_SIZE)
-        hdr, buf, status = arena.alloc(16), arena.alloc(SECTOR), arena.alloc(1)
-        mem.write(hdr, header(IN, 2))
-        head = drv.add([Segment(hdr, 16), Segment(buf, SECTOR, True), Segment(status, 1, True)])
-        assert kick_and_wait(backend.kick_fds[0], backend.call_fds[0], drv, 1) == [(head, SECTOR + 1)]
-        assert mem.read(buf, SECTOR) == data[2 * SECTOR : 3 * SECTOR]
-    finally:
-        backend.close()
-
-
-# -- core/disk.py: opening and locking images ----------------------------------------------------------
-
-
-def test_open_missing_image(tmp_path):
-    with pytest.raises(VmbootError, match=f"^--disk {tmp_path}/nope.img: no such file$"):
-        open_disk(DiskSpec(tmp_path / "nope.img"))
-
-
-def test_open_directory(tmp_path):
-    with pytest.raises(VmbootError, match=f"^--disk {tmp_path}: Is a directory$"):
-        open_disk(DiskSpec(tmp_path))
-    with pytest.raises(VmbootError, match=f"^--disk {tmp_path}: not a regular file or a block device$"):
-        open_disk(DiskSpec(tmp_path, readonly=True))
-
-
-@pytest.mark.parametrize("size", [0, 100, 511, 1000, 4096 + 1])
-def test_open_image_of_odd_size(tmp_path, size):
-    path = tmp_path / "odd.img"
-    path.write_bytes(bytes(size))
-    with pytest.raises(VmbootError, match=f"^--disk {path}: size {size} is not a positive multiple of 512 bytes$"):
-        open_disk(DiskSpec(path))
-
-
-def test_open_char_device_is_refused():
-    with pytest.raises(VmbootError, match="^--disk /dev/null: not a regular file or a block device$"):
-        open_disk(DiskSpec("/dev/null", readonly=True))
-
-
-def test_open_gives_a_close_on_exec_descriptor_at_the_start(image):
-    path, _ = image
-    fd = open_disk(DiskSpec(path))
-    try:
-        assert not os.get_inheritable(fd)
-        assert os.fstat(fd).st_ino == os.stat(path).st_ino
-    finally:
-        os.close(fd)
-
-
-def test_writable_image_is_locked_against_every_other_open(image):
-    path, _ = image
-    fd = open_disk(DiskSpec(path))
-    try:
-        for readonly in (False, True):
-            with pytest.raises(VmbootError, match=f"^--disk {path}: in use by another VM \\(it is locked\\)$"):
-                open_disk(DiskSpec(path, readonly=readonly))
-    finally:
-        os.close(fd)
-    os.close(open_disk(DiskSpec(path)))  # the lock went with the descriptor
-
-
-def test_read_only_image_can_be_shared_but_not_written(image):
-    path, _ = image
-    first = open_disk(DiskSpec(path, readonly=True))
-    second = open_disk(DiskSpec(path, readonly=True))
-    try:
-        with pytest.raises(VmbootError, match="in use by another VM"):
-            open_disk(DiskSpec(path))
-        with pytest.raises(OSError):
-            os.write(first, b"x")  # opened read-only
-    finally:
-        os.close(first)
-        os.close(second)

@@ -1,18 +1,18 @@
-"""Constants from the VIRTIO 1.2 specification (OASIS, July 2022), by section."""
+"""The VIRTIO 1.2 specification (OASIS, July 2022): its numbers, by section, and a queue's setup."""
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 # §2.1 Device Status Field
 VIRTIO_CONFIG_S_ACKNOWLEDGE = 1
 VIRTIO_CONFIG_S_DRIVER = 2
 VIRTIO_CONFIG_S_DRIVER_OK = 4
 VIRTIO_CONFIG_S_FEATURES_OK = 8
-VIRTIO_CONFIG_S_NEEDS_RESET = 0x40
-VIRTIO_CONFIG_S_FAILED = 0x80
 
 # §6 Reserved Feature Bits
 VIRTIO_RING_F_INDIRECT_DESC = 28
 VIRTIO_RING_F_EVENT_IDX = 29
 VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_ACCESS_PLATFORM = 33
 
 # §2.7.5 The Virtqueue Descriptor Table
 VIRTQ_DESC_F_NEXT = 1
@@ -22,7 +22,6 @@ VIRTQ_DESC_SIZE = 16
 
 # §2.7.6 / §2.7.8 available and used rings
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
-VIRTQ_USED_F_NO_NOTIFY = 1
 VIRTQ_USED_ELEM_SIZE = 8
 VIRTQ_MAX_SIZE = 32768
 
@@ -32,7 +31,6 @@ VIRTIO_PCI_DEVICE_ID_BASE = 0x1040  # modern: 0x1040 + device type
 VIRTIO_PCI_SUBSYSTEM_ID_MIN = 0x40
 
 # §5 Device Types
-VIRTIO_ID_NET = 1
 VIRTIO_ID_BLOCK = 2
 
 # §4.1.4 Virtio Structure PCI Capabilities
@@ -40,7 +38,6 @@ VIRTIO_PCI_CAP_COMMON_CFG = 1
 VIRTIO_PCI_CAP_NOTIFY_CFG = 2
 VIRTIO_PCI_CAP_ISR_CFG = 3
 VIRTIO_PCI_CAP_DEVICE_CFG = 4
-VIRTIO_PCI_CAP_PCI_CFG = 5
 
 # §4.1.4.3 Common configuration structure layout (struct virtio_pci_common_cfg)
 COMMON_DEVICE_FEATURE_SELECT = 0x00
@@ -64,17 +61,12 @@ VIRTIO_MSI_NO_VECTOR = 0xFFFF
 
 # §4.1.4.5 ISR status
 VIRTIO_ISR_QUEUE = 0x1
-VIRTIO_ISR_CONFIG = 0x2
 
 # §5.2 Block Device
-VIRTIO_BLK_F_SIZE_MAX = 1
 VIRTIO_BLK_F_SEG_MAX = 2
-VIRTIO_BLK_F_GEOMETRY = 4
 VIRTIO_BLK_F_RO = 5
 VIRTIO_BLK_F_BLK_SIZE = 6
 VIRTIO_BLK_F_FLUSH = 9
-VIRTIO_BLK_F_TOPOLOGY = 10
-VIRTIO_BLK_F_CONFIG_WCE = 11
 VIRTIO_BLK_F_DISCARD = 13
 VIRTIO_BLK_F_WRITE_ZEROES = 14
 
@@ -92,3 +84,14 @@ VIRTIO_BLK_S_UNSUPP = 2
 VIRTIO_BLK_ID_BYTES = 20
 VIRTIO_BLK_SECTOR_SIZE = 512
 VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+
+
+@dataclass(frozen=True)
+class QueueSetup:
+    """One queue as the driver configured it (§2.7), in guest-physical addresses."""
+
+    index: int
+    size: int
+    desc: int
+    driver: int  # the available ring
+    device: int  # the used ring

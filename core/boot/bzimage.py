@@ -11,12 +11,12 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .. import layout
-from ..errors import VmbootError
-from ..memory import GuestMemory
-from ..vcpu.state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, EntryState, boot_tss, flat_code64,
-                          flat_data)
-from .gdt import install_boot_tables
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
+
+from ..vcpu.state import CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, EntryState, flat_code64
+from .gdt import flat_entry
 from .memmap import memory_map
 from .pvh import boot_pvh
 
@@ -193,14 +193,6 @@ def identity_page_tables(memory: GuestMemory) -> int:
 
 
 def long_mode_entry(memory: GuestMemory, rip: int, rsi: int) -> EntryState:
-    gdt, idt = install_boot_tables(memory, [None, None, flat_code64(BOOT_CS), flat_data(BOOT_DS), boot_tss(BOOT_TR)])
-    data = flat_data(BOOT_DS)
-    return EntryState(
-        rip=rip,
-        cs=flat_code64(BOOT_CS), ds=data, es=data, fs=data, gs=data, ss=data,
-        tr=boot_tss(BOOT_TR),
-        gdt=gdt, idt=idt,
-        cr0=CR0_PE | CR0_ET | CR0_PG, cr3=identity_page_tables(memory), cr4=CR4_PAE,
-        efer=EFER_LME | EFER_LMA,
-        gprs={"rsi": rsi},
-    )
+    return flat_entry(memory, rip, flat_code64(BOOT_CS), BOOT_DS, BOOT_TR,
+                      cr0=CR0_PE | CR0_ET | CR0_PG, cr3=identity_page_tables(memory), cr4=CR4_PAE,
+                      efer=EFER_LME | EFER_LMA, gprs={"rsi": rsi})

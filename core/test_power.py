@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vmboot.core.events import Outcome, VmEvents
-from vmboot.devices.power.power import AcpiSleepControl, I8042Command, ResetControl
+from vmboot.core.power import AcpiSleepControl, I8042Command, ResetControl
 
 
 class Events:

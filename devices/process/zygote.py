@@ -3,15 +3,17 @@
 A device started as a new Python process pays for an interpreter and the
 imports of everything it runs: about 50 ms of CPU each, measured, and at boot
 that CPU is taken from the guest's vCPU (bench/exits.py). So the core starts
-one zygote per VM (core/zygote.py): ``python -m vmboot.devices.zygote --ctl-fd N``.
-It imports everything a device runs, then serves one SOCK_SEQPACKET channel:
+one zygote per VM (core/supervisor/zygote.py):
+``python -m vmboot.devices.process.zygote --ctl-fd N [--kind-module M ...]``.
+It imports every registered device kind (devices/registry.py) and what they
+run, then serves one SOCK_SEQPACKET channel:
 
     core -> zygote   [SPAWN, seq, kind, options, fd names] + the descriptors (SCM_RIGHTS)
     zygote -> core   [REPLY, seq, pid]  or  [ERROR, seq, why]
     zygote -> core   [EXITED, pid, returncode]   (returncode -N: killed by signal N)
 
 For each SPAWN it forks. The child closes what is the zygote's and runs
-devices/process.run, the same code a device started by hand runs: namespaces,
+devices/process/main.run, the same code a device started by hand runs: namespaces,
 the reaper, the sandbox. The zygote closes its copies of the descriptors once
 the child has them, so it never holds a device's memory, disk or channels, and
 no device inherits another's. It watches each child through a pidfd and reports
@@ -31,10 +33,12 @@ import os
 import select
 import sys
 
-import vmboot.policies.compiler  # noqa: F401  (what the devices' sandbox.enter runs)
-from vmboot.devices import host, process, sandbox
+from vmboot.devices import registry
 from vmboot.ipc.channel import Channel, ChannelClosed
 from vmboot.ipc.protocol import SCHEMA, SEQ, Msg, ProtocolError
+
+from . import main as process
+from . import sandbox
 
 EXIT_SOFTWARE = process.EXIT_SOFTWARE
 
@@ -46,19 +50,19 @@ def _last_words(kind, value, tb) -> None:
 
 def options(kind: str, opts: dict, names: list[str], fds: list[int]) -> process.Options:
     """A SPAWN's fields as a device's options; a ProtocolError says what is wrong."""
-    if kind not in host.KINDS:
+    if kind not in {k.name for k in registry.kinds()}:
         raise ProtocolError(f"unknown device kind {kind!r}")
     if len(names) != len(fds) or len(set(names)) != len(names):
         raise ProtocolError(f"{len(fds)} descriptors for the names {names}")
     by_name = dict(zip(names, fds))
     if "ctl" not in by_name or "evt" not in by_name:
         raise ProtocolError("a device needs its ctl and evt channels")
-    root, seccomp, fsize, hooks = (opts.get(k) for k in ("root", "seccomp", "fsize", "test_hooks"))
+    root, seccomp, fsize, policies = (opts.get(k) for k in ("root", "seccomp", "fsize", "policies"))
     if (type(root) is not str or seccomp not in process.SECCOMP_MODES or type(fsize) is not int or fsize < 0
-            or type(hooks) is not bool or set(opts) != {"root", "seccomp", "fsize", "test_hooks"}):
+            or type(policies) is not str or set(opts) != {"root", "seccomp", "fsize", "policies"}):
         raise ProtocolError(f"bad options {opts}")
     ctl, evt = by_name.pop("ctl"), by_name.pop("evt")
-    return process.Options(kind, ctl, evt, root, by_name, seccomp, fsize, hooks)
+    return process.Options(kind, ctl, evt, root, by_name, seccomp, fsize, policies)
 
 
 class Zygote:
@@ -124,10 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.excepthook = _last_words
     p = argparse.ArgumentParser(prog="vmboot-zygote")
     p.add_argument("--ctl-fd", type=int, required=True)
+    p.add_argument("--kind-module", action="append", default=[], metavar="MODULE",
+                   help="a module that registers a device kind from outside devices/ (the core's registry has it)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     sandbox.die_with_parent()  # with the core's spawner thread
     sandbox.set_name("vmboot-zygote")
-    host.preload()
+    registry.load(args.kind_module)  # every kind, and every model it builds, imported before the first fork
     try:
         Zygote(Channel.from_fd(args.ctl_fd)).serve()
     except ChannelClosed:

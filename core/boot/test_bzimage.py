@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.core import layout
-from vmboot.core.boot.linux import (
-    BOOT_PD, BOOT_PDPT, BOOT_PML4, ZERO_PAGE, boot_kernel,
-)
+from vmboot.abi import layout
+from vmboot.abi.errors import VmbootError
+from vmboot.abi.memory import GuestMemory
+from vmboot.core.boot.bzimage import BOOT_PD, BOOT_PDPT, BOOT_PML4, ZERO_PAGE, boot_kernel
 from vmboot.core.boot.memmap import E820_RAM, E820_RESERVED
-from vmboot.core.errors import VmbootError
 from vmboot.core.events import Outcome, VmEvents
-from vmboot.core.memory import GuestMemory
 from vmboot.core.platform import Platform
 from vmboot.core.vcpu.state import CR0_PG, CR4_PAE, EFER_LMA, EFER_LME
 from vmboot.tests.guest import make_backend

@@ -1,6 +1,6 @@
 """How a device process locks itself in, after opening everything it needs.
 
-In this order (shared/design.md §2):
+In this order, each step narrowing what the next may do:
 
 1. namespaces: at start-up, while it is still single-threaded, the process
    unshares user, mount, PID, IPC and network namespaces and forks: the child
@@ -13,7 +13,7 @@ In this order (shared/design.md §2):
 3. rlimits: no new files, no core dumps, no locked memory, files it writes
    cannot grow (only a disk device writes, within the disk's size);
 4. no_new_privs, and not dumpable;
-5. seccomp: the policy from policies/<kind>.policy, default action
+5. seccomp: the kind's policy (policies/<kind>.policy), default action
    kill-process, on every thread (TSYNC).
 """
 from __future__ import annotations
@@ -24,11 +24,12 @@ import resource
 import signal
 from pathlib import Path
 
-from vmboot.core.linux import (
+from vmboot.abi.linux import (
     _LINUX_CAPABILITY_VERSION_3, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, MNT_DETACH,
     MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL,
     PR_CAPBSET_DROP, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, SYS_capset, SYS_pivot_root,
 )
+from vmboot.policies.compiler import install, load_policy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -122,10 +123,9 @@ def no_new_privileges() -> None:
     _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "PR_SET_DUMPABLE")
 
 
-def enter(root: str, policy: str, seccomp: str, fsize: int = 0) -> None:
-    """Everything above, in order. ``seccomp`` is "kill", "log" or "off"."""
-    from vmboot.policies.compiler import install, load_policy
-    compiled = load_policy(policy) if seccomp != "off" else None  # read the policy while files exist
+def enter(root: str, policy: str, policy_dir: str, seccomp: str, fsize: int = 0) -> None:
+    """Everything above, in order, with ``policy_dir/policy.policy``. ``seccomp``: "kill", "log" or "off"."""
+    compiled = load_policy(policy, Path(policy_dir)) if seccomp != "off" else None  # while files exist
     last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     nofile = max(os.listdir("/proc/self/fd"), key=int, default="0")
     empty_root(root)

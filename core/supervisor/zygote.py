@@ -1,8 +1,8 @@
-"""The core's side of the device zygote (devices/zygote.py): ask it for a device, hear when one ends.
+"""The core's side of the device zygote (devices/process/zygote.py): ask it for a device, hear when one ends.
 
-``Zygote.spawn`` hands the zygote a device's kind, options and descriptors and
+``ZygoteClient.spawn`` hands the zygote a device's kind, options and descriptors and
 returns a ``ZygoteChild``: the part of ``subprocess.Popen``'s interface that the
-supervisor (core/sidecar.py) uses, so a forked device and a device started as
+supervisor (core/supervisor/supervisor.py) uses, so a forked device and a device started as
 its own program (under strace) are supervised alike. The zygote is started on
 first use, from the thread that calls ``spawn`` (the supervisor's spawner, which
 lives as long as the VM: the zygote's PR_SET_PDEATHSIG follows it), and again if
@@ -19,10 +19,10 @@ import subprocess
 import sys
 import threading
 
+from vmboot.abi.errors import VmbootError
+from vmboot.devices import registry
 from vmboot.ipc.channel import Channel, ChannelClosed, channel_pair
 from vmboot.ipc.protocol import Msg, ProtocolError
-
-from .errors import VmbootError
 
 log = logging.getLogger("vmboot.zygote")
 
@@ -59,7 +59,7 @@ class ZygoteChild:
             self._ended.set()
 
 
-class Zygote:
+class ZygoteClient:
     def __init__(self):
         self.process: subprocess.Popen | None = None
         self.ctl: Channel | None = None
@@ -81,7 +81,8 @@ class Zygote:
         ctl, theirs = channel_pair()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "vmboot.devices.zygote", "--ctl-fd", str(theirs.fileno())],
+                [sys.executable, "-m", "vmboot.devices.process.zygote", "--ctl-fd", str(theirs.fileno()),
+                 *(f"--kind-module={m}" for m in registry.outside_modules())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
         except OSError as err:
             ctl.close()

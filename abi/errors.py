@@ -11,7 +11,3 @@ class UsageError(VmbootError):
     """The command line was wrong."""
 
     exit_status = 2
-
-
-class GuestError(VmbootError):
-    """The guest did something the VM cannot continue from."""

@@ -1,7 +1,7 @@
 """The guest physical layout the CloudHv firmware expects (cloud-hypervisor's).
 
-Every address here is one the firmware or a boot protocol depends on; see
-shared/design.md §6.
+Every address here is one the firmware or a boot protocol depends on. Most are
+cloud-hypervisor's (arch/src/x86_64/layout.rs).
 """
 KiB = 1 << 10
 MiB = 1 << 20
@@ -46,11 +46,14 @@ MIN_FIRMWARE_MEMORY = 64 * MiB
 KVM_IDENTITY_MAP = 0xFEFFC000
 KVM_TSS = 0xFEFFD000
 
-# I/O ports (shared/design.md §6).
+# I/O ports: cloud-hypervisor's (vmm/src/device_manager.rs, add_legacy_devices and
+# add_acpi_devices; 0xCF8 from vmm/src/pci_segment.rs), plus the reset control register
+# 0xCF9 (Intel ICH/PCH datasheets).
 PORT_POST = 0x80
 PORT_I8042_COMMAND = 0x64
 PORT_RTC = 0x70  # index 0x70, data 0x71
 PORT_RTC_SIZE = 2
+CMOS_CENTURY = 0x32  # the RTC's century byte, which the FADT's CENTURY field names (PC/ACPI convention)
 PORT_COM1 = 0x3F8
 PORT_COM1_SIZE = 8
 IRQ_COM1 = 4

@@ -1,26 +1,26 @@
-"""Device models as their processes host them: windows, events, state.
+"""A device as it is served: its register windows, its state, its fast registers.
 
-``build(kind, params, fds, post)`` turns a device kind into what the device
-server loop serves. The models are the same classes the core runs in-process
-(--devices inproc); only their callbacks change: an interrupt or console byte
-becomes an event posted to the core.
+A kind's ``build`` (devices/registry.py) returns a :class:`Served`, and the
+same object is served two ways: by the device process's loop (ipc/server.py,
+through devices/process/), or straight from the core's bus (``--devices
+inproc``), which uses only ``windows`` and ``input``. A virtio kind's build
+returns its device model instead; :class:`ServedVirtio` serves it in a device
+process, with the queue worker that walks its rings.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from typing import Callable
 
 from vmboot.ipc.fastpath import Mirror
-from vmboot.ipc.protocol import Msg, ProtocolError
+from vmboot.ipc.protocol import MAX_DATA_BYTES, Msg, ProtocolError
 
 Post = Callable[..., None]
 
-KINDS = ("rtc", "pmtimer", "serial", "debugcon", "virtio_blk")
-
 OUTPUT_DELAY = 0.002  # seconds the first unsent console byte may wait for more
 OUTPUT_BATCH = 4096  # bytes: sent at once when this many are waiting
+CONFIG_WINDOW = 1  # a virtio device's configuration space, as its process serves it
 
 
 class Output:
@@ -48,24 +48,29 @@ class Output:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            data = bytes(self.pending)
-            self.pending.clear()
-            self.post(Msg.OUTPUT, self.window, data)
+        """Send what waits, in events no larger than the protocol carries."""
+        data = bytes(self.pending)
+        self.pending.clear()
+        for start in range(0, len(data), MAX_DATA_BYTES):
+            self.post(Msg.OUTPUT, self.window, data[start:start + MAX_DATA_BYTES])
 
     def deadline(self) -> float | None:
         return self.since + OUTPUT_DELAY if self.pending else None
 
 
-class Hosted:
-    def __init__(self, name: str, windows: dict, state=None, fast: list | None = None,
-                 outputs: list[Output] = (), mirrors: list[tuple[Mirror, Callable[[], list | None]]] = ()):
-        self.name = name
-        self.windows = windows
+class Served:
+    """What ipc/server.py's loop serves, and the core's bus maps in-process."""
+
+    def __init__(self, windows: dict, state=None, fast: list | None = None,
+                 mirrors: list[tuple[Mirror, Callable[[], list | None]]] = (),
+                 input: Callable[[bytes], int] | None = None):
+        self.name = ""  # the core's name for it (HELLO), set by whoever serves it
+        self.windows = windows  # window number -> model with read(offset, size) / write(offset, data)
         self.state = state  # a model with snapshot()/restore(), if the device has state worth keeping
         self.fast = (fast or []) + [m.describe() for m, _ in mirrors]
         self.mirrors = list(mirrors)  # each with the function that makes its copy for a reply
-        self.outputs = list(outputs)  # console output waiting to be sent
+        self.input = input  # console input (INPUT), for a device that takes it
+        self.outputs: list[Output] = []  # console output waiting to be sent (the process's host fills it)
         self.watch: dict[int, Callable[[], None]] = {}
         self._last_snapshot = None
 
@@ -102,68 +107,18 @@ class Hosted:
             self.state.restore(fields[1])
             self._last_snapshot = self.state.snapshot()
             return None
+        if kind is Msg.INPUT and self.input is not None:
+            return self.input(fields[1])
         if kind is Msg.RESET:
             return None
         raise ProtocolError(f"{self.name} does not take {kind.name}")
 
 
-class HostedSerial(Hosted):
-    def handle(self, kind: Msg, fields: list):
-        if kind is Msg.INPUT:
-            taken = self.state.receive(fields[1])
-            return taken
-        return super().handle(kind, fields)
+class ServedVirtio(Served):
+    """A virtio device model in its process: its configuration space, and its queues on a worker."""
 
-
-# Everything build() may import, for the zygote to import once before it forks.
-MODULES = (
-    "vmboot.devices.rtc.cmos", "vmboot.devices.pmtimer.pmtimer", "vmboot.ipc.fastpath",
-    "vmboot.devices.serial.uart16550", "vmboot.devices.debugcon.debugcon", "vmboot.core.memory",
-    "vmboot.core.pci.virtio_pci", "vmboot.devices.virtio.worker", "vmboot.devices.virtio_blk.blk",
-)
-
-
-def preload() -> None:
-    for module in MODULES:
-        importlib.import_module(module)
-
-
-def build(kind: str, params: dict, fds: dict[str, int], post: Post) -> Hosted:
-    if kind == "rtc":
-        from vmboot.devices.rtc.cmos import CmosRtc
-        rtc = CmosRtc(now_fn=time.time)
-        return Hosted("rtc", {0: rtc}, state=rtc)
-    if kind == "pmtimer":
-        from vmboot.devices.pmtimer.pmtimer import PM_TIMER_REGISTER_SIZE, PmTimer
-        from vmboot.ipc.fastpath import Counter
-        timer = PmTimer(epoch=float(params["epoch"]))
-        c = timer.counter()
-        fast = Counter(0, 0, PM_TIMER_REGISTER_SIZE, c.frequency, c.epoch, c.width).describe()
-        return Hosted("pmtimer", {0: timer}, fast=[fast])
-    if kind == "serial":
-        from vmboot.devices.serial.uart16550 import Uart16550
-        from vmboot.devices.serial.uart16550 import LSR
-        console = Output(post, 0)
-        uart = Uart16550(tx=console.write, irq=lambda level: post(Msg.IRQ, 0, level))
-
-        def line_status() -> list | None:
-            value, invalidated_by = uart.line_status_copy()
-            return None if value is None else [bytes((value,)), list(invalidated_by)]
-        return HostedSerial("serial", {0: uart}, state=uart, outputs=[console],
-                            mirrors=[(Mirror(0, LSR, 1), line_status)])
-    if kind == "debugcon":
-        from vmboot.devices.debugcon.debugcon import DebugCon, PostCodes
-        log = Output(post, 0)
-        return Hosted("debugcon", {0: DebugCon(log.write), 1: PostCodes()}, outputs=[log])
-    if kind == "virtio_blk":
-        return build_virtio_blk(params, fds, post)
-    raise ProtocolError(f"unknown device kind {kind!r}")
-
-
-class HostedVirtio(Hosted):
-    def __init__(self, name: str, device, worker, queue_setup):
-        config = _ConfigWindow(device)
-        super().__init__(name, {1: config})
+    def __init__(self, device, worker, queue_setup):
+        super().__init__({CONFIG_WINDOW: _ConfigWindow(device)})
         self.device = device
         self.worker = worker
         self.queue_setup = queue_setup  # imported before the sandbox, like everything
@@ -205,23 +160,3 @@ class _ConfigWindow:
 
     def write(self, offset: int, data: bytes) -> None:
         self.device.config_write(offset, data)
-
-
-def build_virtio_blk(params: dict, fds: dict[str, int], post: Post) -> Hosted:
-    from vmboot.core.memory import GuestMemory
-    from vmboot.core.pci.virtio_pci import QueueSetup
-    from vmboot.devices.virtio.worker import QueueWorker
-    from vmboot.devices.virtio_blk.blk import VirtioBlk
-
-    memory = GuestMemory(int(params["memory_size"]), fd=fds["memory"])
-    blk = VirtioBlk(fds["disk"], bool(params["readonly"]), serial=str(params["serial"]), name=str(params["name"]))
-
-    def dma(gpa: int, length: int) -> None:
-        # Posted before the worker signals the call eventfd, so the core learns
-        # about the write before the guest hears about the completion.
-        post(Msg.DMA, [[gpa, length]])
-
-    kicks = [fds[f"kick{i}"] for i in range(blk.num_queues)]
-    calls = [fds[f"call{i}"] for i in range(blk.num_queues)]
-    worker = QueueWorker(blk, memory, kicks, calls, on_dma_write=dma if params.get("report_dma") else None)
-    return HostedVirtio(str(params["name"]), blk, worker, QueueSetup)

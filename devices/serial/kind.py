@@ -1,0 +1,23 @@
+"""COM1: a 16550 UART at 0x3F8, IRQ 4, the firmware's and the OS's console."""
+from vmboot.abi import layout
+from vmboot.devices.registry import DeviceKind, Restart, Window, register
+from vmboot.devices.served import Served
+from vmboot.ipc.fastpath import Mirror
+
+from .uart16550 import LSR, Uart16550
+
+
+def build(params: dict, fds: dict, host) -> Served:
+    uart = Uart16550(tx=host.console(0), irq=lambda level: host.irq(0, level))
+
+    def line_status() -> list | None:
+        value, invalidated_by = uart.line_status_copy()
+        return None if value is None else [bytes((value,)), list(invalidated_by)]
+    return Served({0: uart}, state=uart, mirrors=[(Mirror(0, LSR, 1), line_status)], input=uart.receive)
+
+
+KIND = register(DeviceKind(
+    "serial", Restart.SNAPSHOT, build,
+    windows=(Window(0, layout.PORT_COM1, layout.PORT_COM1_SIZE, "serial"),),
+    irqs=(layout.IRQ_COM1,), consoles={0: "console"},
+), __name__)
