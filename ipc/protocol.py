@@ -40,6 +40,7 @@ class Msg(enum.IntEnum):
     INPUT = 12  # [INPUT, seq, data]                           -> REPLY bytes accepted
     ACTIVATE = 13  # virtio: [ACTIVATE, seq, features, queues]  -> REPLY None
     DMA = 14  # device -> core (event): [DMA, [[gpa, length], ...]] posted
+    # 15 is retired (a test-only message of protocol 1); wire values are never reused.
     # Between the core and its device zygote (devices/process/zygote.py):
     SPAWN = 16  # core -> zygote: [SPAWN, seq, kind, options, fd names] + the fds  -> REPLY pid
     EXITED = 17  # zygote -> core: [EXITED, pid, returncode]      posted; returncode -N: killed by signal N
