@@ -1,7 +1,9 @@
 """The device registry: every device kind, declared once, by its own folder.
 
-Each ``devices/<kind>/kind.py`` builds one :class:`DeviceKind` and passes it to
-:func:`register`. Everything else derives from the registry: the core's
+Each ``devices/<kind>/kind.py`` declares one :class:`DeviceKind` as ``KIND``;
+:func:`discover` registers them all (importing a module registers nothing, so a
+test's kind is registered only while the test wants it). Everything else derives
+from the registry: the core's
 platform maps a kind's register windows and wires its interrupts and consoles,
 the virtio host attaches one device per disk, the supervisor restarts a device
 by its :class:`Restart` policy, the device zygote imports the kinds' modules
@@ -131,7 +133,7 @@ def unregister(name: str) -> None:
 
 
 def discover() -> None:
-    """Import every ``devices/<kind>/kind.py``: each registers itself."""
+    """Register the ``KIND`` of every ``devices/<kind>/kind.py``."""
     global _discovered
     if _discovered:
         return
@@ -139,7 +141,15 @@ def discover() -> None:
     package = Path(__file__).resolve().parent
     for info in sorted(pkgutil.iter_modules([str(package)]), key=lambda i: i.name):
         if info.ispkg and (package / info.name / "kind.py").exists():
-            importlib.import_module(f"{__package__}.{info.name}.kind")
+            _register_module(f"{__package__}.{info.name}.kind")
+
+
+def _register_module(name: str) -> DeviceKind:
+    module = importlib.import_module(name)
+    kind = getattr(module, "KIND", None)
+    if not isinstance(kind, DeviceKind):
+        raise TypeError(f"{name} declares no device kind (a module-level KIND = DeviceKind(...))")
+    return register(kind, name)
 
 
 def kinds(attach: Attach | None = None) -> list[DeviceKind]:
@@ -162,7 +172,7 @@ def outside_modules() -> list[str]:
 
 
 def load(modules: list[str]) -> None:
-    """Import kinds registered outside devices/ (a test's), by the modules that declare them."""
+    """Register the kinds declared outside devices/ (a test's), by the modules that declare them."""
     discover()
     for module in modules:
-        importlib.import_module(module)
+        _register_module(module)

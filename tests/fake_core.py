@@ -1,7 +1,9 @@
 """vmboot-core with the tests' own device kind (tests/fake_device.py) on its platform."""
 import sys
 
-import vmboot.tests.fake_device  # noqa: F401  (registers it)
 from vmboot.core.cli import main
+from vmboot.devices import registry
+from vmboot.tests import fake_device
 
+registry.register(fake_device.KIND, fake_device.__name__)
 sys.exit(main())

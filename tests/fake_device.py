@@ -17,7 +17,7 @@ import os
 import select
 from pathlib import Path
 
-from vmboot.devices.registry import DeviceKind, Restart, Window, register
+from vmboot.devices.registry import DeviceKind, Restart, Window
 from vmboot.devices.served import Served
 
 PORT = 0x7A0
@@ -52,7 +52,7 @@ def build(params: dict, fds: dict, host) -> Served:
     return Served({0: model}, state=model)
 
 
-KIND = register(DeviceKind(
+KIND = DeviceKind(
     "misbehave", Restart.SNAPSHOT, build, windows=(Window(0, PORT, 2, "misbehave"),),
     policy_dir=Path(__file__).resolve().parent / "policies",
-), __name__)
+)

@@ -17,7 +17,7 @@ from vmboot.core.supervisor.supervisor import Supervisor
 from vmboot.devices import registry
 from vmboot.ipc.protocol import Msg
 
-from . import fake_device
+from vmboot.tests import fake_device
 from .console import Console
 from .processes import alive, descendants, device_processes, make_fat_disk, status
 
@@ -60,7 +60,6 @@ def sandboxed(core: int, kind: str, timeout: float = 30) -> int:
     raise AssertionError(f"device {kind} is not running sandboxed")
 
 
-@pytest.mark.parametrize("kind", ["serial", "rtc", "pmtimer", "debugcon"])
 @contextlib.contextmanager
 def device_channel(name: str):
     """A real device process, started by a supervisor as a VM starts it, and the core's end of its
@@ -75,6 +74,7 @@ def device_channel(name: str):
         supervisor.close()
 
 
+@pytest.mark.parametrize("kind", ["serial", "rtc", "pmtimer", "debugcon"])
 def test_kill_9_during_boot_restarts_the_device(firmware, tmp_path, kind):
     with Console("--firmware", str(firmware), "--accel", "emulate") as console:
         err = StderrLog(console.proc)
@@ -153,7 +153,7 @@ def test_a_misbehaving_device_is_restarted_from_its_snapshot(firmware, command, 
     (bytes.fromhex("9163"), "unknown message type 99"),
     (bytes.fromhex("9102"), "READ has 0 fields, expected 4"),
     (bytes.fromhex("950201ffff04"), "READ field 2 is invalid"),
-    (b"\x93" * 200000, "message over the 131072-byte limit"),
+    pytest.param(b"\x93" * 200000, "message over the 131072-byte limit", id="200000-bytes"),
 ])
 def test_garbage_into_a_device_channel_is_rejected(raw, rejection):
     """A real RTC device process, sandboxed, fed garbage on its real control channel: each

@@ -127,7 +127,7 @@ def test_debug_port_reads_e9_and_post_codes_read_back():
         poweroff
     """)
     assert r.debug == bytes([0xE9, 0x5C])
-    assert r.platform.post.last == 0x5C
+    assert r.platform.windows["debugcon"][1].last == 0x5C  # the POST code window
 
 
 def test_pci_host_bridge_and_empty_slot():

@@ -88,7 +88,7 @@ def test_a_forked_device_serves_sandboxed_and_exits_0_after_shutdown(zygote, roo
     ("a forbidden syscall", -signal.SIGSYS),
 ])
 def test_the_end_of_a_device_is_reported_as_its_signal(zygote, root, how, returncode):
-    from .fake_device import OPENAT
+    from vmboot.tests.fake_device import OPENAT
     child, ctl, _ = start_rtc(zygote, root, "misbehave")
     device = device_of(child)
     if how == "kill the device":

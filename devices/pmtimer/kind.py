@@ -1,6 +1,6 @@
 """The ACPI PM timer at port 0x608: a counter the core answers itself (ipc/fastpath.py)."""
 from vmboot.abi import layout
-from vmboot.devices.registry import DeviceKind, Restart, Window, register
+from vmboot.devices.registry import DeviceKind, Restart, Window
 from vmboot.devices.served import Served
 from vmboot.ipc.fastpath import Counter
 
@@ -13,8 +13,8 @@ def build(params: dict, fds: dict, host) -> Served:
     return Served({0: timer}, fast=[Counter(0, 0, PM_TIMER_REGISTER_SIZE, c.frequency, c.epoch, c.width).describe()])
 
 
-KIND = register(DeviceKind(
+KIND = DeviceKind(
     "pmtimer", Restart.STATELESS, build,
     windows=(Window(0, layout.PORT_ACPI_PM_TIMER, PM_TIMER_REGISTER_SIZE, "pmtimer"),),
     params=lambda host: {"epoch": host.monotonic()},  # a restarted timer counts on from the same epoch
-), __name__)
+)

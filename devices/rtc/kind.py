@@ -1,6 +1,6 @@
 """The CMOS real-time clock and NVRAM at ports 0x70-0x71."""
 from vmboot.abi import layout
-from vmboot.devices.registry import DeviceKind, Restart, Window, register
+from vmboot.devices.registry import DeviceKind, Restart, Window
 from vmboot.devices.served import Served
 
 from .cmos import CmosRtc
@@ -11,6 +11,6 @@ def build(params: dict, fds: dict, host) -> Served:
     return Served({0: rtc}, state=rtc)
 
 
-KIND = register(DeviceKind(
+KIND = DeviceKind(
     "rtc", Restart.SNAPSHOT, build, windows=(Window(0, layout.PORT_RTC, layout.PORT_RTC_SIZE, "rtc"),),
-), __name__)
+)

@@ -1,6 +1,6 @@
 """COM1: a 16550 UART at 0x3F8, IRQ 4, the firmware's and the OS's console."""
 from vmboot.abi import layout
-from vmboot.devices.registry import DeviceKind, Restart, Window, register
+from vmboot.devices.registry import DeviceKind, Restart, Window
 from vmboot.devices.served import Served
 from vmboot.ipc.fastpath import Mirror
 
@@ -16,8 +16,8 @@ def build(params: dict, fds: dict, host) -> Served:
     return Served({0: uart}, state=uart, mirrors=[(Mirror(0, LSR, 1), line_status)], input=uart.receive)
 
 
-KIND = register(DeviceKind(
+KIND = DeviceKind(
     "serial", Restart.SNAPSHOT, build,
     windows=(Window(0, layout.PORT_COM1, layout.PORT_COM1_SIZE, "serial"),),
     irqs=(layout.IRQ_COM1,), consoles={0: "console"},
-), __name__)
+)
