@@ -101,6 +101,7 @@ FUTEX_WAKE_BITSET_PRIVATE = 138
 # <signal.h>
 SIGKILL = 9
 SIGTERM = 15
+SIGSYS = 31  # what a seccomp filter kills with
 
 # <time.h>
 CLOCK_REALTIME = 0
@@ -124,6 +125,9 @@ LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 LO_NAME_SIZE = 64
 LO_KEY_SIZE = 32
+
+# <linux/audit.h>
+AUDIT_SECCOMP = 1326  # the record type of a seccomp action in the kernel log
 
 # <sys/syscall.h>: calls glibc has no wrapper for
 SYS_capset = 126

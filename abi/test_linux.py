@@ -8,13 +8,13 @@ from vmboot.abi import linux
 
 HEADERS = ["sched.h", "sys/mount.h", "sys/prctl.h", "linux/capability.h", "sys/mman.h", "sys/ioctl.h", "fcntl.h",
            "linux/falloc.h", "linux/futex.h", "signal.h", "time.h", "sys/socket.h", "linux/loop.h", "sys/syscall.h",
-           "stdio.h"]
+           "linux/audit.h", "stdio.h"]
 NAMES = [name for name, value in vars(linux).items() if type(value) is int]
 
 
 def test_every_value_is_the_headers(tmp_path):
     assert shutil.which("cc"), "the C compiler (build-essential) is needed to read the kernel headers"
-    assert len(NAMES) == 95 and "SYS_pivot_root" in NAMES and "FUTEX_WAKE_PRIVATE" in NAMES
+    assert len(NAMES) == 97 and "SYS_pivot_root" in NAMES and "FUTEX_WAKE_PRIVATE" in NAMES
     source = "#define _GNU_SOURCE\n" + "".join(f"#include <{h}>\n" for h in HEADERS)
     source += "int main(void) {\n" + "".join(
         f'    printf("{name} %llu\\n", (unsigned long long)({name}));\n' for name in NAMES) + "}\n"

@@ -22,17 +22,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmboot.abi.errors import VmbootError
 
+from .bootimage import CpioEntry, cpio_newc, make_fat, make_uki, output
 from .cache import cache_root, cached, digest, file_sha256, progress
 from .debian import PrivateApt
 
@@ -154,7 +153,7 @@ def parse_console(text: str) -> GuestReport:
     )
 
 
-# ---------------------------------------------------------------- pieces
+# ---------------------------------------------------------------- the guest's own pieces (the generic ones: assets/bootimage.py)
 
 
 def pattern(size: int = PATTERN_SIZE) -> bytes:
@@ -196,35 +195,7 @@ def module_load_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
     return order
 
 
-# cpio "newc" (the format the kernel unpacks for an initramfs: Documentation/driver-api/early-userspace).
-CPIO_MAGIC = b"070701"
-CPIO_TRAILER = "TRAILER!!!"
 CONSOLE_DEVICE = (5, 1)  # /dev/console: major 5, minor 1 (Documentation/admin-guide/devices.txt)
-
-
-@dataclass(frozen=True)
-class CpioEntry:
-    name: str  # without a leading slash
-    mode: int  # file type and permissions
-    data: bytes = b""
-    rdev: tuple[int, int] = (0, 0)
-
-
-def _pad4(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 4)
-
-
-def cpio_newc(entries: list[CpioEntry]) -> bytes:
-    """An uncompressed cpio archive: owner root, mtime 0, so the same entries give the same bytes."""
-    out = bytearray()
-    for ino, entry in enumerate([*entries, CpioEntry(CPIO_TRAILER, 0)], start=1):
-        name = entry.name.encode() + b"\0"
-        is_trailer = entry.name == CPIO_TRAILER
-        fields = (0 if is_trailer else ino, entry.mode, 0, 0, 2 if stat.S_ISDIR(entry.mode) else 1, 0,
-                  len(entry.data), 0, 0, entry.rdev[0], entry.rdev[1], len(name), 0)
-        out += _pad4(CPIO_MAGIC + b"".join(b"%08X" % f for f in fields) + name)
-        out += _pad4(entry.data)
-    return bytes(out)
 
 
 def initramfs_entries(busybox: bytes, modules: dict[str, bytes], init: bytes) -> list[CpioEntry]:
@@ -242,94 +213,7 @@ def initramfs_entries(busybox: bytes, modules: dict[str, bytes], init: bytes) ->
     return entries
 
 
-def uki_layout(stub_end: int, alignment: int, sizes: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """VMAs for sections appended after a PE image ending at ``stub_end``, each aligned, in order."""
-    layout, vma = [], stub_end
-    for name, size in sizes:
-        vma = -(-vma // alignment) * alignment
-        layout.append((name, vma))
-        vma += size
-    return layout
-
-
-OBJDUMP_SECTION = re.compile(r"^\s*\d+\s+(?P<name>\S+)\s+(?P<size>[0-9a-f]+)\s+(?P<vma>[0-9a-f]+)\s", re.M)
-OBJDUMP_ALIGNMENT = re.compile(r"^SectionAlignment\s+(?P<value>[0-9a-f]+)", re.M)
-
-
-def pe_sections(image: Path) -> dict[str, tuple[int, int]]:
-    """Section name -> (VMA, size), from ``objdump -h``."""
-    out = _output(["objdump", "-h", str(image)])
-    return {m["name"]: (int(m["vma"], 16), int(m["size"], 16)) for m in OBJDUMP_SECTION.finditer(out)}
-
-
-def make_uki(stub: Path, sections: dict[str, Path], out: Path) -> None:
-    """Join a systemd-stub with its payload sections, as systemd-stub(7) does with objcopy.
-
-    Each section goes after the stub's last one, aligned to the stub's SectionAlignment
-    (at least a page), so that the payloads never overlap the stub's code.
-    """
-    match = OBJDUMP_ALIGNMENT.search(_output(["objdump", "-p", str(stub)]))
-    if not match:
-        raise VmbootError(f"objdump -p shows no SectionAlignment for {stub}")
-    alignment = max(int(match["value"], 16), 0x1000)
-    stub_end = max(vma + size for vma, size in pe_sections(stub).values())
-    sizes = [(name, sections[name].stat().st_size) for name in UKI_SECTIONS]
-    args = ["objcopy"]
-    for name, vma in uki_layout(stub_end, alignment, sizes):
-        args += ["--add-section", f"{name}={sections[name]}", "--change-section-vma", f"{name}={vma:#x}"]
-    _output([*args, str(stub), str(out)])
-
-
-# An MBR's partition table: 4 entries of 16 bytes before the 0x55AA signature.
-MBR_PARTITION_TABLE, MBR_PARTITION_TABLE_SIZE = 0x1BE, 64
-
-
-def _clear_fake_partition_table(image: Path) -> None:
-    """Zero the partition entry mformat writes into the boot sector.
-
-    mformat fills in a "partition 1" starting at sector 0 and spanning the disk (rounded
-    up to whole cylinders, so past its end). Linux then shows a truncated vda1 that is the
-    disk itself. A FAT boot sector keeps boot code there, which no one runs on these disks.
-    """
-    with open(image, "r+b") as f:
-        f.seek(MBR_PARTITION_TABLE)
-        f.write(bytes(MBR_PARTITION_TABLE_SIZE))
-
-
-def make_fat(image: Path, size: int, label: str, serial: int, files: dict[str, Path]) -> None:
-    """A partitionless FAT disk of ``size`` bytes holding ``files`` (path inside -> host file), by mtools."""
-    with open(image, "wb") as f:
-        f.truncate(size)
-    _mtools(["mformat", "-i", str(image), "-v", label, "-N", f"{serial:08x}", "::"])
-    _clear_fake_partition_table(image)
-    made: set[str] = set()
-    for inside, host in files.items():
-        parts = inside.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            folder = "/".join(parts[:depth])
-            if folder not in made:
-                _mtools(["mmd", "-i", str(image), f"::/{folder}"])
-                made.add(folder)
-        _mtools(["mcopy", "-i", str(image), str(host), f"::/{inside}"])
-
-
 # ---------------------------------------------------------------- the build
-
-
-def _output(args: list[str], env: dict | None = None) -> str:
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, env=env)
-    except FileNotFoundError:
-        raise VmbootError(f"{args[0]} is not installed (run ./dev setup)") from None
-    if proc.returncode:
-        detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise VmbootError(f"'{' '.join(args[:2])} ...' failed with status {proc.returncode}: {detail}")
-    return proc.stdout
-
-
-def _mtools(args: list[str]) -> None:
-    # MTOOLS_SKIP_CHECK: an image file has no real disk geometry to agree with.
-    _output(args, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
 
 
 def _check_tools() -> None:
@@ -339,7 +223,7 @@ def _check_tools() -> None:
 
 
 def _field(deb: Path, name: str) -> str:
-    return _output(["dpkg-deb", "-f", str(deb), name]).strip()
+    return output(["dpkg-deb", "-f", str(deb), name]).strip()
 
 
 def _fetch(apt: PrivateApt, package: str, debs: Path) -> Path:
@@ -371,14 +255,14 @@ def _build(dest: Path) -> None:
         packages = [meta, kernel_deb, _fetch(apt, BUSYBOX_PACKAGE, debs), _fetch(apt, STUB_PACKAGE, debs)]
         progress("unpacking them")
         for deb in packages[1:]:
-            _output(["dpkg-deb", "-x", str(deb), str(root)])
+            output(["dpkg-deb", "-x", str(deb), str(root)])
         release = _field(kernel_deb, "Package").removeprefix("linux-image-")
         vmlinuz = root / "boot" / f"vmlinuz-{release}"
         moddir = root / "lib" / "modules" / release
         if not vmlinuz.is_file() or not moddir.is_dir():
             raise VmbootError(f"{kernel_deb.name} holds no boot/vmlinuz-{release} and lib/modules/{release}")
         # Debian's package ships no modules.dep (its postinst runs depmod): make one, in our tree.
-        _output(["depmod", "-b", str(root), release])
+        output(["depmod", "-b", str(root), release])
         order = module_load_order((moddir / "modules.dep").read_text(), MODULES)
 
         progress("making the initramfs and the unified kernel image")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from vmboot.abi.errors import VmbootError
-from vmboot.assets import guest
+from vmboot.assets import bootimage, guest
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 QEMU = "qemu-system-x86_64"
@@ -108,35 +108,6 @@ def test_module_order_rejects_a_missing_module_and_a_loop():
         guest.module_load_order("a.ko: b.ko\nb.ko: a.ko\n", ("a",))
 
 
-def test_cpio_newc_header_bytes():
-    archive = guest.cpio_newc([guest.CpioEntry("init", 0o100755, b"abc")])
-    header = (b"070701" + b"00000001" + b"000081ED" + b"00000000" * 2 + b"00000001" + b"00000000"
-              + b"00000003" + b"00000000" * 4 + b"00000005" + b"00000000")
-    assert archive.startswith(header + b"init\0" + b"\0" + b"abc\0")  # name and data padded to 4 bytes
-    trailer = archive[len(header) + 6 + 4:]
-    assert trailer.startswith(b"070701" + b"00000000")
-    assert b"TRAILER!!!\0" in trailer
-    assert len(archive) % 4 == 0
-
-
-def test_cpio_newc_is_read_back_by_gnu_cpio(tmp_path):
-    entries = [guest.CpioEntry("dev", 0o040755), guest.CpioEntry("dev/console", 0o020600, rdev=(5, 1)),
-               guest.CpioEntry("bin", 0o040755), guest.CpioEntry("bin/hello", 0o100755, b"#!/bin/sh\necho hi\n")]
-    archive = guest.cpio_newc(entries)
-    listing = run(["cpio", "-t", "-v", "--quiet"], input=archive).stdout.decode().splitlines()
-    assert [line.split()[-1] for line in listing] == ["dev", "dev/console", "bin", "bin/hello"]
-    assert [line.split()[0] for line in listing] == ["drwxr-xr-x", "crw-------", "drwxr-xr-x", "-rwxr-xr-x"]
-    assert re.search(r"\s5,\s+1\s", listing[1])
-    content = run(["cpio", "-i", "--to-stdout", "--quiet", "bin/hello"], input=archive).stdout
-    assert content == b"#!/bin/sh\necho hi\n"
-
-
-def test_uki_layout_aligns_each_section_after_the_previous():
-    layout = guest.uki_layout(0x19134, 0x1000, [(".osrel", 0x49), (".cmdline", 0x1000), (".linux", 0x7DD7C0),
-                                                 (".initrd", 1)])
-    assert layout == [(".osrel", 0x1A000), (".cmdline", 0x1B000), (".linux", 0x1C000), (".initrd", 0x7FA000)]
-
-
 def test_kernel_dependency_names_the_real_package():
     assert guest.kernel_dependency("linux-image-6.1.0-56-amd64 (= 6.1.192-2)") == \
         "linux-image-6.1.0-56-amd64=6.1.192-2"
@@ -163,21 +134,6 @@ def test_parse_console_reads_the_report_through_kernel_noise():
     assert (failed.data_sha256, failed.wrote) == (None, None)
     assert failed.failures == ["no virtio disk holds PATTERN.BIN"]
     assert guest.parse_console("").acpi is None
-
-
-def test_make_fat_makes_a_superfloppy_with_the_files(tmp_path):
-    (tmp_path / "x.bin").write_bytes(b"payload")
-    image = tmp_path / "disk.img"
-    guest.make_fat(image, 4 << 20, "TESTVOL", 0x12345678, {"A/B/X.BIN": tmp_path / "x.bin"})
-    assert image.stat().st_size == 4 << 20
-    sector = image.read_bytes()[:512]
-    assert sector[0x36:0x3E] == b"FAT12   "  # the BPB's file system type: a FAT boot sector at byte 0
-    assert sector[0x27:0x2B] == (0x12345678).to_bytes(4, "little")  # volume serial
-    assert sector[guest.MBR_PARTITION_TABLE:510] == bytes(64)  # no fake partition 1
-    assert sector[510:] == b"\x55\xaa"
-    assert mtools_read(image, "A/B/X.BIN") == b"payload"
-    assert "TESTVOL" in run(["mdir", "-i", str(image), "::/"]).stdout.decode()
-    run(["fsck.fat", "-n", str(image)])
 
 
 def test_init_script_agrees_with_guest_py():
@@ -223,7 +179,7 @@ def test_esp_holds_only_the_uki(built, manifest, uki):
 
 
 def test_uki_sections(uki, tmp_path):
-    sections = guest.pe_sections(uki)
+    sections = bootimage.pe_sections(uki)
     names = list(sections)
     assert names[-4:] == [".osrel", ".cmdline", ".linux", ".initrd"]
     assert ".sdmagic" in names[:-4]  # systemd-stub's own

@@ -32,181 +32,28 @@ every thread settled in a blocking syscall):
     from vmboot.policies.compiler import install, load_policy
     install(load_policy("rtc"), mode="kill")
 
-seccomp_kill_syscall(pid) reads the kernel's audit record of a kill, to say
-which syscall was refused.
+The rules themselves, and what the checks refuse, are policies/rules.py;
+reading the kernel's record of a kill is policies/verdict.py.
 """
 from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyseccomp
 
-from vmboot.abi import linux
+from .rules import (
+    ARG_COUNT, CONSTANTS, DANGEROUS, MASKED, MUST_HOLD, NEVER, OPERATORS, U64, Condition, Policy, PolicyError,
+    Requirement, Rule, syscall_number,
+)
 
 POLICY_DIR = Path(__file__).resolve().parent
 SUFFIX = ".policy"
 COMMON = "common_device"
 MODES = ("kill", "log", "trace")
-ARG_COUNT = 6  # struct seccomp_data.args[6]
-# A comment's first word: when the line is needed, that a trace here may not show.
-UNTRACEABLE = {"host:": "not called on this host", "growth:": "the heap did not grow in this run"}
-U64 = (1 << 64) - 1
-
-# Named constants: every public number of abi/linux.py, checked there against the headers.
-CONSTANTS: dict[str, int] = linux.constants()
-
-# Syscalls a device process must never be allowed, whatever the arguments.
-NEVER: dict[str, str] = {
-    **dict.fromkeys(("execve", "execveat"), "runs another program"),
-    **dict.fromkeys(("open", "openat", "openat2", "creat", "open_by_handle_at", "name_to_handle_at"),
-                    "opens files: a device gets its fds before the sandbox"),
-    **dict.fromkeys(("socket", "socketpair", "connect", "bind", "listen", "accept", "accept4"),
-                    "makes new connections: a device talks only on the sockets it was given"),
-    **dict.fromkeys(("ptrace", "process_vm_readv", "process_vm_writev"), "reaches into other processes"),
-    **dict.fromkeys(("mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
-                     "fsmount", "fsconfig", "fspick"), "changes the file system view"),
-    **dict.fromkeys(("init_module", "finit_module", "delete_module"), "loads kernel code"),
-    **dict.fromkeys(("kexec_load", "kexec_file_load"), "replaces the kernel"),
-    "bpf": "loads kernel programs",
-    "perf_event_open": "exposes kernel and hardware state",
-    "clone3": "hides its flags in memory that seccomp cannot read (CLONE_THREAD unprovable)",
-    **dict.fromkeys(("fork", "vfork"), "creates a process"),
-    **dict.fromkeys(("unshare", "setns"), "changes namespaces"),
-    "userfaultfd": "is a classic kernel exploitation aid",
-    **dict.fromkeys(("keyctl", "add_key", "request_key"), "reaches the kernel keyrings"),
-    **dict.fromkeys(("io_uring_setup", "io_uring_enter", "io_uring_register"),
-                    "performs syscalls that seccomp never sees"),
-    "personality": "changes the ABI (READ_IMPLIES_EXEC)",
-}
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """What every rule of a syscall must guarantee about one argument: (argN & mask) == value."""
-
-    arg: int
-    mask: int
-    value: int
-    text: str
-
-
-# Syscalls that may be listed only with a condition that guarantees the requirement.
-MUST_HOLD: dict[str, Requirement] = {
-    "clone": Requirement(0, CONSTANTS["CLONE_THREAD"], CONSTANTS["CLONE_THREAD"],
-                         "arg0 & CLONE_THREAD == CLONE_THREAD (threads only, never a process)"),
-    "mmap": Requirement(2, CONSTANTS["PROT_EXEC"], 0, "arg2 & PROT_EXEC == 0 (never executable memory)"),
-    "mprotect": Requirement(2, CONSTANTS["PROT_EXEC"], 0, "arg2 & PROT_EXEC == 0 (never executable memory)"),
-    "pkey_mprotect": Requirement(2, CONSTANTS["PROT_EXEC"], 0, "arg2 & PROT_EXEC == 0 (never executable memory)"),
-}
-
-# Syscalls whose harm depends on their arguments: every rule for them needs a condition.
-DANGEROUS: dict[str, str] = {
-    "clone": "creates processes as well as threads",
-    "mmap": "maps executable or shared memory",
-    "mprotect": "makes memory executable",
-    "pkey_mprotect": "makes memory executable",
-    "mremap": "moves mappings",
-    "madvise": "can poison or remove pages (MADV_HWPOISON, MADV_REMOVE)",
-    "ioctl": "reaches every driver behind an fd",
-    "prctl": "changes process attributes (dumpable, seccomp, ...)",
-    "fcntl": "reaches other processes and files (F_SETOWN, F_SETLEASE, F_NOTIFY)",
-    "kill": "signals other processes",
-    "tkill": "signals other threads",
-    "tgkill": "signals other processes' threads",
-    "rt_sigqueueinfo": "signals other processes",
-    "rt_tgsigqueueinfo": "signals other processes' threads",
-    "setsockopt": "changes socket options (filters, buffers)",
-    "fallocate": "can collapse or insert ranges, moving data",
-    "futex": "reaches requeue and PI operations, a classic kernel attack surface",
-}
-
-OPERATORS = {
-    "==": pyseccomp.EQ, "!=": pyseccomp.NE, "<": pyseccomp.LT, "<=": pyseccomp.LE,
-    ">": pyseccomp.GT, ">=": pyseccomp.GE,
-}
-MASKED = "&=="
-
 _TOKEN = re.compile(r"\s*(==|!=|<=|>=|<|>|&|\||[A-Za-z_][A-Za-z0-9_]*|-?0[xX][0-9a-fA-F]+|-?0[oO][0-7]+|-?\d+)")
-_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
-
-
-class PolicyError(Exception):
-    """A policy that cannot be used; the message names file:line."""
-
-
-@dataclass(frozen=True)
-class Condition:
-    arg: int
-    op: str  # one of OPERATORS, or MASKED
-    value: int
-    mask: int = U64
-
-    def holds(self, args: tuple[int, ...]) -> bool:
-        actual = args[self.arg] & U64
-        if self.op == MASKED:
-            return actual & self.mask == self.value
-        return {"==": actual == self.value, "!=": actual != self.value, "<": actual < self.value,
-                "<=": actual <= self.value, ">": actual > self.value, ">=": actual >= self.value}[self.op]
-
-    def scmp(self) -> pyseccomp.Arg:
-        if self.op == MASKED:
-            return pyseccomp.Arg(self.arg, pyseccomp.MASKED_EQ, self.mask, self.value)
-        return pyseccomp.Arg(self.arg, OPERATORS[self.op], self.value)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One policy line: allow ``syscall`` when every condition holds."""
-
-    syscall: str
-    nr: int
-    conditions: tuple[Condition, ...]
-    text: str  # the conditions as written
-    comment: str
-    where: str  # "rtc.policy:12"
-
-    def allows(self, args: tuple[int, ...]) -> bool:
-        return all(c.holds(args) for c in self.conditions)
-
-    @property
-    def untraceable(self) -> str | None:
-        """The marker that starts the comment (UNTRACEABLE), if any."""
-        return next((m for m in UNTRACEABLE if self.comment.startswith(m)), None)
-
-
-@dataclass
-class Policy:
-    name: str
-    files: list[str]
-    rules: list[Rule]
-
-    def syscalls(self) -> list[str]:
-        return sorted({r.syscall for r in self.rules})
-
-    def rules_for(self, syscall: str) -> list[Rule]:
-        return [r for r in self.rules if r.syscall == syscall]
-
-    def allows(self, syscall: str, args: tuple[int, ...] = (0,) * ARG_COUNT) -> bool:
-        return any(r.allows(args) for r in self.rules_for(syscall))
-
-
-def syscall_number(name: str) -> int | None:
-    """The native (x86_64) number of a syscall, or None when the kernel has no such syscall."""
-    if not _NAME.match(name):
-        return None
-    nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
-    return nr if nr >= 0 else None  # libseccomp gives negative pseudo-numbers to foreign syscalls
-
-
-def syscall_name(nr: int, arch: int = pyseccomp.Arch.NATIVE) -> str | None:
-    try:
-        return pyseccomp.resolve_syscall(arch, nr).decode()
-    except ValueError:
-        return None
 
 
 def device_names(directory: Path = POLICY_DIR) -> list[str]:
@@ -436,63 +283,3 @@ def install(policy: Policy, mode: str = "kill") -> None:
         scmp.load()
     except OSError as err:
         raise PolicyError(f"cannot install the {policy.name} seccomp filter: {err.strerror}") from None
-
-
-# -- reading the kernel's verdict ------------------------------------------------------------------
-KMSG = "/dev/kmsg"
-AUDIT_SECCOMP = 1326  # AUDIT_SECCOMP in <linux/audit.h>
-_AUDIT = re.compile(r"type=1326 .*?\bpid=(\d+)\b.*?\bsig=31\b.*?\barch=([0-9a-f]+)\b.*?\bsyscall=(\d+)\b")
-
-
-def _kmsg_records(path: str) -> list[str]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return []
-    records = []
-    try:
-        while True:
-            try:
-                record = os.read(fd, 8192)
-            except BlockingIOError:  # no more records
-                return records
-            except BrokenPipeError:  # records overwritten while reading: go on with the next
-                continue
-            if not record:  # end of a plain file
-                return records
-            records += record.decode("utf-8", "replace").splitlines()
-    finally:
-        os.close(fd)
-
-
-def seccomp_kill_syscall(pid: int, timeout: float = 0.5, since: float | None = None,
-                         path: str = KMSG) -> str | None:
-    """The syscall named by the most recent seccomp audit record of ``pid`` (a host pid), or None.
-
-    The kernel writes "audit: type=1326 ... pid=<pid> ... syscall=<nr>" to its log when a
-    filter kills (unless auditd takes the records, or printk rate limiting drops them);
-    kauditd writes it a moment after the death, hence the short wait. ``since`` (a
-    time.monotonic() value, e.g. when the process started) skips older records, which
-    may belong to an earlier process with the same pid.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        found = kill_records(since, path).get(pid)
-        if found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.02)
-
-
-def kill_records(since: float | None = None, path: str = KMSG) -> dict[int, str]:
-    """pid -> the syscall named by its most recent seccomp kill (sig=31) audit record in the kernel log."""
-    found = {}
-    for record in _kmsg_records(path):
-        match = _AUDIT.search(record)
-        if not match:
-            continue
-        header = record.split(";", 1)[0].split(",")  # "level,seq,usec,flags"
-        if since is not None and len(header) > 2 and header[2].isdigit() and int(header[2]) < since * 1e6 - 5e5:
-            continue
-        nr, arch = int(match.group(3)), int(match.group(2), 16)
-        found[int(match.group(1))] = syscall_name(nr, arch) or f"syscall {nr}"
-    return found

@@ -30,10 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from vmboot.policies.compiler import (
-    CONSTANTS, MASKED, NEVER, POLICY_DIR, U64, Condition, Policy, PolicyError, Rule, compile_filter, kill_records,
-    load_policy, syscall_number,
-)
+from vmboot.policies.compiler import POLICY_DIR, compile_filter, load_policy
+from vmboot.policies.rules import CONSTANTS, MASKED, NEVER, U64, Condition, Policy, PolicyError, Rule, syscall_number
+from vmboot.policies.verdict import kill_records
 
 EXIT_ALLOWED = 42  # the allowed-calls child's exit_group status
 EXIT_RETURNED = 0  # a denied call that came back

@@ -1,18 +1,17 @@
-"""The policy format, its checks, the compiled filter and the kernel-log helper."""
+"""The policy format (policies/rules.py), its checks and the compiled filter (policies/compiler.py)."""
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from vmboot.policies.compiler import (
-    COMMON, CONSTANTS, DANGEROUS, MASKED, MUST_HOLD, NEVER, U64, Condition, PolicyError, compile_filter, device_names,
-    filter_size, kill_records, load_policy, policy_problems, seccomp_kill_syscall, syscall_number,
+from vmboot.policies.compiler import COMMON, compile_filter, device_names, filter_size, load_policy, policy_problems
+from vmboot.policies.rules import (
+    CONSTANTS, DANGEROUS, MASKED, MUST_HOLD, NEVER, U64, Condition, PolicyError, syscall_number,
 )
 
 DEVICES = device_names()  # devices/test_registry.py checks that they are the kinds' policies
@@ -307,44 +306,3 @@ def test_trace_mode_installs_a_filter_that_allows_everything(tmp_path):
             print([line.split()[1] for line in status if line.startswith("Seccomp:")])
         """, tmp_path)
     assert (done.returncode, done.stdout) == (0, "['2']\n"), done.stderr  # SECCOMP_MODE_FILTER
-
-
-# -- the kernel's record of a kill -----------------------------------------------------------------
-def test_seccomp_kill_syscall_names_the_syscall_from_the_audit_record(tmp_path):
-    write_policies(tmp_path, "exit_group # leave\n", dev="")
-    for attempt in range(4):  # printk rate limiting (10 records per 5 s) may drop a record after other kills
-        start = time.monotonic()
-        child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-            import sys, ctypes
-            from pathlib import Path
-            from vmboot.policies.compiler import install, load_policy
-            install(load_policy("dev", Path(sys.argv[1])), "kill")
-            ctypes.CDLL(None).syscall(101, 0, 0, 0, 0)  # ptrace(PTRACE_TRACEME)
-            """), str(tmp_path)])
-        assert child.wait(30) == -signal.SIGSYS
-        name = seccomp_kill_syscall(child.pid, timeout=1.0, since=start)
-        if name is not None:
-            assert name == "ptrace"
-            assert kill_records(since=start)[child.pid] == "ptrace"
-            return
-        time.sleep(2.5)
-    pytest.fail("no seccomp audit record reached /dev/kmsg in 4 tries")
-
-
-def test_seccomp_kill_syscall_reads_records_and_ignores_others(tmp_path):
-    log = tmp_path / "kmsg"
-    log.write_text("")
-    assert seccomp_kill_syscall(4242, timeout=0, path=str(log)) is None
-    assert seccomp_kill_syscall(4242, timeout=0, path=str(tmp_path / "absent")) is None
-    # /dev/kmsg gives one record per read(); a plain file gives them all at once: the last match wins
-    log.write_text(
-        "5,10,1000000,-;audit: type=1326 audit(1.2:3): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=4242 "
-        'comm="python" exe="/usr/bin/python3.11" sig=0 arch=c000003e syscall=110 compat=0 ip=0x1 code=0x7ffc0000\n')
-    assert seccomp_kill_syscall(4242, timeout=0, path=str(log)) is None  # a LOG record (sig=0) is no kill
-    log.write_text(
-        "5,11,2000000,-;audit: type=1326 audit(1.2:4): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=4242 "
-        'comm="python" exe="/usr/bin/python3.11" sig=31 arch=c000003e syscall=257 compat=0 ip=0x1 code=0x80000000\n')
-    assert seccomp_kill_syscall(4242, timeout=0, path=str(log)) == "openat"
-    assert seccomp_kill_syscall(4243, timeout=0, path=str(log)) is None
-    assert seccomp_kill_syscall(4242, timeout=0, since=3.0, path=str(log)) is None  # older than the process
-    assert seccomp_kill_syscall(4242, timeout=0, since=2.0, path=str(log)) == "openat"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from vmboot.policies.compiler import NEVER, device_names, load_policy
+from vmboot.policies.compiler import device_names, load_policy
 from vmboot.policies.probe import run_checks
+from vmboot.policies.rules import NEVER
 
 DEVICES = sorted(device_names())
 EXPLICIT = ("openat", "execve", "socket", "ptrace", "clone", "mmap", "mprotect")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vmboot.policies.compiler import U64, load_policy
+from vmboot.policies.compiler import load_policy
+from vmboot.policies.rules import U64
 from vmboot.policies.trace import TraceError, arg_value, prove, read_trace, read_traces, split_args
 
 # unshare (100) forks the device (101, host pid); the device starts a thread (tid 4 inside its pid namespace,

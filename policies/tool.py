@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from vmboot.policies.compiler import (
-    COMMON, POLICY_DIR, SUFFIX, UNTRACEABLE, PolicyError, device_names, filter_size, load_policy, policy_problems,
-)
+from vmboot.policies.compiler import COMMON, POLICY_DIR, SUFFIX, device_names, filter_size, load_policy, policy_problems
 from vmboot.policies.probe import Check, ProbeError, run_checks
+from vmboot.policies.rules import UNTRACEABLE, PolicyError
 from vmboot.policies.trace import Proof, TraceError, prove, read_traces
 
 OK, FAILED, USAGE = 0, 1, 2

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmboot.policies.compiler import ARG_COUNT, CONSTANTS, Policy, Rule
+from vmboot.policies.rules import ARG_COUNT, CONSTANTS, Policy, Rule
 
 _LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(.*)$")
 _CALL = re.compile(r"([a-z_][a-z0-9_]*)\((.*)$")

@@ -40,7 +40,7 @@ from vmboot.ipc.channel import Channel, ChannelClosed, channel_pair
 from vmboot.ipc.fastpath import parse_fast_registers
 from vmboot.ipc.protocol import PROTOCOL_VERSION, Msg, ProtocolError
 from vmboot.ipc.proxy import CALL_TIMEOUT
-from vmboot.policies.compiler import seccomp_kill_syscall
+from vmboot.policies.verdict import seccomp_kill_syscall
 
 from .device import DeviceConfig, DeviceProcess, Hello
 from .zygote import ZygoteClient
