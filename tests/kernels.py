@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .guest import assemble
+from vmboot.tests.guest_asm import assemble
 
 MiB = 1 << 20
 PREF_ADDRESS = 0x1000000
@@ -37,7 +37,7 @@ def make_bzimage(payload: bytes, version: int = 0x020F, xloadflags: int = 1, ini
 
 
 def kernel_program(body: str) -> bytes:
-    """A bzImage whose 64-bit entry runs ``body`` (64-bit nasm, with tests.guest's macros)."""
+    """A bzImage whose 64-bit entry runs ``body`` (64-bit nasm, with tests.guest_asm's macros)."""
     return make_bzimage(assemble(f"times {ENTRY_64} db 0x90\n{body}", "long", org=PREF_ADDRESS))
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 
 from vmboot.core.emulate.engine import MachineEngine
-from vmboot.core.emulate.msrs import (MSR_CSTAR, MSR_EFER, MSR_FMASK, MSR_IA32_APIC_BASE, MSR_LSTAR,
-                                      MSR_STAR)
+from vmboot.core.emulate.msrs import MSR_CSTAR, MSR_EFER, MSR_FMASK, MSR_IA32_APIC_BASE, MSR_LSTAR, MSR_STAR
 from vmboot.core.events import Outcome
-
-from .guest import STACK_TOP, USER_STACK_TOP, GuestRun, run_guest
+from vmboot.tests.guest import GuestRun, run_guest
+from vmboot.tests.guest_asm import STACK_TOP, USER_STACK_TOP
 
 MODES = ["protected", "long"]
 GP, UD = 13, 6

@@ -1,6 +1,6 @@
 """Exceptions and software interrupts on the emulated CPU, delivered through the guest's IDT.
 
-Each program installs its own IDT (tests/guest.py: idt_gate, load_idt), raises
+Each program installs its own IDT (tests/guest_asm.py: idt_gate, load_idt), raises
 one event, and its handler reports the stack pointer and the frame the CPU
 pushed. The expected frames follow the Intel SDM Vol. 3A §6.12.1 (32-bit:
 [error code,] EIP, CS, EFLAGS, and ESP, SS on a privilege change) and §6.14
@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from vmboot.core.events import Outcome
-
-from .guest import KSTACK_TOP, STACK_TOP, USER_STACK_TOP, run_guest
+from vmboot.tests.guest import run_guest
+from vmboot.tests.guest_asm import KSTACK_TOP, STACK_TOP, USER_STACK_TOP
 
 MODES = ["protected", "long"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from vmboot.core.events import Outcome
-
-from .guest import PROGRAM, GuestRun, run_guest
+from vmboot.tests.guest import GuestRun, run_guest
+from vmboot.tests.guest_asm import PROGRAM
 
 MODES = ["protected", "long"]
 MOV_AL_IMM8 = 0xB0  # the opcode of `mov al, imm8`: the byte after it is what the routine outputs

@@ -14,12 +14,11 @@ import time
 import pytest
 
 from vmboot.core.events import Outcome
+from vmboot.core.kvm.system import kvm_flavour
 from vmboot.devices.pmtimer.pmtimer import PM_TIMER_FREQUENCY
 from vmboot.devices.rtc.cmos import from_bcd
-
-from vmboot.core.kvm.system import kvm_flavour
-
-from .guest import PROGRAM, RecordingDevice, assemble, run_guest
+from vmboot.tests.guest import RecordingDevice, run_guest
+from vmboot.tests.guest_asm import PROGRAM, assemble
 
 pytestmark = pytest.mark.kvm
 
