@@ -3,12 +3,11 @@
 Each ``devices/<kind>/kind.py`` declares one :class:`DeviceKind` as ``KIND``;
 :func:`discover` registers them all (importing a module registers nothing, so a
 test's kind is registered only while the test wants it). Everything else derives
-from the registry: the core's
-platform maps a kind's register windows and wires its interrupts and consoles,
-the virtio host attaches one device per disk, the supervisor restarts a device
-by its :class:`Restart` policy, the device zygote imports the kinds' modules
-before it forks, and the policy tests and the exercise find each kind's
-policy. No other module names a kind.
+from the registry: the core's platform maps a kind's register windows and wires
+its interrupts and consoles, the virtio host attaches one device per disk, the
+supervisor restarts a device by its :class:`Restart` policy, the device zygote
+imports the kinds' modules before it forks, and the policy tests and the
+exercise find each kind's policy. No other module names a kind.
 
 A kind's ``build`` runs wherever the device runs: in its own sandboxed process
 (devices/process/), or in the core with ``--devices inproc``. It gets its
