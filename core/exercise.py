@@ -55,6 +55,10 @@ class Result:
     work: int = 0  # what the kind's own exercise did (a disk's requests)
     seconds: float = 0.0
 
+    def __str__(self) -> str:
+        return (f"{self.calls} calls, {self.posted} posted writes, {self.irqs} interrupts, {self.output} console "
+                f"bytes, {self.work} requests of its own, in {self.seconds:.2f} s")
+
 
 @dataclass
 class Bench:
@@ -82,6 +86,7 @@ def run(name: str, seccomp: str = "kill", trace_dir: Path | None = None, policy_
         kind = registry.get(name)
     except registry.UnknownKind as err:
         raise ExerciseFailed(str(err)) from None
+    snapshots = kind.restart is Restart.SNAPSHOT
     # Any death ends the exercise, named; and the policy may come from elsewhere (a test's copy).
     kind = dataclasses.replace(kind, restart=Restart.NEVER, policy_dir=policy_dir or kind.policy_dir)
     if not kind.policy.exists():
@@ -91,7 +96,7 @@ def run(name: str, seccomp: str = "kill", trace_dir: Path | None = None, policy_
     result, started = Result(name), time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="vmboot-exercise-"))
     supervisor = Supervisor(seccomp, "warn", trace_dir=str(trace_dir) if trace_dir else None)
-    memory = backend = disk = None
+    memory = backend = disk = device = None
     try:
         events = Events(irq=lambda line, level: _count(result, "irqs", 1),
                         output=lambda window, data: _count(result, "output", len(data)), dma=lambda gpa, length: None)
@@ -107,15 +112,15 @@ def run(name: str, seccomp: str = "kill", trace_dir: Path | None = None, policy_
             device = supervisor.add(DeviceConfig(kind, name, kind.params(host), events))
             bench = Bench(device, None, [], [], 0, None)
         _wait_sandboxed(device)
-        _registers(kind, device, snapshots=registry.get(name).restart is Restart.SNAPSHOT)
+        _registers(kind, device, snapshots)
         if kind.exercise is not None:
             result.work = importlib.import_module(kind.exercise).exercise(bench)
         _check_alive(device)
         result.calls, result.posted = device.proxy.stats["calls"], device.proxy.stats["posted"]
         _stop(device)
+    except ExerciseFailed:
+        raise
     except Exception as err:
-        if isinstance(err, ExerciseFailed):
-            raise
         raise ExerciseFailed(f"{name}: {type(err).__name__}: {err}{_death(device)}") from None
     finally:
         supervisor.close()
@@ -139,8 +144,8 @@ def _disk(path: Path) -> int:
     return fd
 
 
-def _death(device: DeviceProcess) -> str:
-    return f" ({device.last_death})" if device.last_death else ""
+def _death(device: DeviceProcess | None) -> str:
+    return f" ({device.last_death})" if device is not None and device.last_death else ""
 
 
 def _check_alive(device: DeviceProcess) -> None:
@@ -208,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             args.trace.mkdir(parents=True, exist_ok=True)
         for name in args.kinds or [k.name for k in registry.kinds()]:
             r = run(name, args.seccomp, args.trace)
-            print(f"{r.kind}: {r.calls} calls, {r.posted} posted writes, {r.irqs} interrupts, {r.output} console "
-                  f"bytes, {r.work} requests of its own in {r.seconds:.2f} s (seccomp {args.seccomp})")
+            print(f"{r.kind}: {r} (seccomp {args.seccomp})")
     except (ExerciseFailed, OSError) as err:
         print(f"exercise: {err}", file=sys.stderr)
         return 1

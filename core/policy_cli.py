@@ -28,8 +28,7 @@ def prove_command(args) -> int:
         traces = Path(directory)
         for name in names:
             r = exercise.run(name, "kill", traces, args.policies)
-            print(f"{name}: exercised: {r.calls} calls, {r.posted} posted writes, {r.irqs} interrupts, {r.output} console bytes, "
-                  f"{r.work} requests of its own, in {r.seconds:.2f} s")
+            print(f"{name}: exercised: {r}")
         proof = prove({n: load_policy(n, args.policies) for n in names}, read_traces(traces, names))
         if set(names) != {k.name for k in registry.kinds()}:
             # A common line is needed when any kind needs it: some kinds alone cannot prove one unused.
