@@ -49,10 +49,12 @@ logging.logThreads = False
 logging.logMultiprocessing = False
 
 
-def _last_words(kind, value, tb) -> None:
-    """An uncaught exception: say so without reading source files, and exit."""
-    os.write(2, f"vmboot-core: device process failed: {kind.__name__}: {value}\n".encode(errors="replace"))
-    os._exit(EXIT_SOFTWARE)
+def last_words(who: str):
+    """An excepthook for an uncaught exception in ``who``: say so without reading source files, and exit."""
+    def hook(kind, value, tb) -> None:
+        os.write(2, f"vmboot-core: {who} failed: {kind.__name__}: {value}\n".encode(errors="replace"))
+        os._exit(EXIT_SOFTWARE)
+    return hook
 
 
 @dataclass
@@ -135,7 +137,7 @@ def parse_args(argv: list[str]) -> Options:
 
 def run(options: Options) -> None:
     """From a single-threaded process to a sandboxed device; never returns."""
-    sys.excepthook = _last_words
+    sys.excepthook = last_words("device process")
     kind = registry.get(options.kind)
     sandbox.die_with_parent()  # with the zygote, or the core's spawner thread
     try:

@@ -43,11 +43,6 @@ from . import sandbox
 EXIT_SOFTWARE = process.EXIT_SOFTWARE
 
 
-def _last_words(kind, value, tb) -> None:
-    os.write(2, f"vmboot-core: device zygote failed: {kind.__name__}: {value}\n".encode(errors="replace"))
-    os._exit(EXIT_SOFTWARE)
-
-
 def options(kind: str, opts: dict, names: list[str], fds: list[int]) -> process.Options:
     """A SPAWN's fields as a device's options; a ProtocolError says what is wrong."""
     if kind not in {k.name for k in registry.kinds()}:
@@ -125,7 +120,7 @@ class Zygote:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.excepthook = _last_words
+    sys.excepthook = process.last_words("device zygote")
     p = argparse.ArgumentParser(prog="vmboot-zygote")
     p.add_argument("--ctl-fd", type=int, required=True)
     p.add_argument("--kind-module", action="append", default=[], metavar="MODULE",
