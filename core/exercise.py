@@ -35,7 +35,7 @@ from .pci.virtio_pci import REGION_SIZE
 from .platform import InprocHost
 from .supervisor.device import DeviceConfig, DeviceProcess, Events
 from .supervisor.supervisor import HELLO_TIMEOUT, Supervisor
-from .virtio_host import process_backend
+from .virtio_host import ProcessBackend, process_backend
 
 MEMORY_SIZE = 16 << 20
 DISK_SIZE = 8 << 20
@@ -62,22 +62,13 @@ class Result:
 
 @dataclass
 class Bench:
-    """What a kind's own exercise gets (a virtio kind: guest memory, its eventfds and its disk)."""
+    """What a kind's own exercise gets (a virtio kind: guest memory, its transport's backend and its disk)."""
 
     device: DeviceProcess
     memory: GuestMemory | None
-    kick_fds: list[int]
-    call_fds: list[int]
-    features: int
+    backend: ProcessBackend | None  # its eventfds, features and activate, as the virtio transport uses them
     disk_fd: int | None
     serial: str = SERIAL
-
-    @property
-    def proxy(self):
-        return self.device.proxy
-
-    def activate(self, queues: list[tuple[int, int, int, int, int]]) -> None:
-        self.proxy.call(Msg.ACTIVATE, self.features, [list(q) for q in queues])
 
 
 def run(name: str, seccomp: str = "kill", trace_dir: Path | None = None, policy_dir: Path | None = None) -> Result:
@@ -106,11 +97,11 @@ def run(name: str, seccomp: str = "kill", trace_dir: Path | None = None, policy_
             params = {"name": name, "readonly": False, "serial": SERIAL}
             backend = process_backend(supervisor, memory, kind, name, params, {"disk": disk}, DISK_SIZE)
             device = backend.device
-            bench = Bench(device, memory, backend.kick_fds, backend.call_fds, backend.features, disk)
+            bench = Bench(device, memory, backend, disk)
         else:
             host = InprocHost([], {}, time.time, time.monotonic)
             device = supervisor.add(DeviceConfig(kind, name, kind.params(host), events))
-            bench = Bench(device, None, [], [], 0, None)
+            bench = Bench(device, None, None, None)
         _wait_sandboxed(device)
         _registers(kind, device, snapshots)
         if kind.exercise is not None:

@@ -14,7 +14,7 @@ import struct
 
 from vmboot.abi.virtio import (
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, QueueSetup,
 )
 from vmboot.devices.registry import ExerciseFailed
 from vmboot.devices.virtio.driver import Arena, QueueDriver, Segment, kick_and_wait
@@ -33,7 +33,9 @@ class Requests:
         self.driver = QueueDriver(memory, arena, QUEUE_SIZE)
         self.header, self.status = arena.alloc(HEADER.size), arena.alloc(1)
         self.data = arena.alloc(1 << 20, 4096)
-        bench.activate([(0, QUEUE_SIZE, self.driver.desc, self.driver.avail, self.driver.used)])
+        backend = bench.backend
+        backend.activate(backend.features, [QueueSetup(0, QUEUE_SIZE, self.driver.desc, self.driver.avail,
+                                                       self.driver.used)])
         self.served = 0
 
     def do(self, kind: int, sector: int, data: int = 0, writable: bool = False) -> int:
@@ -46,7 +48,7 @@ class Requests:
             segments += [Segment(self.data, half, writable), Segment(self.data + half, data - half, writable)] \
                 if data > half else [Segment(self.data, data, writable)]
         self.driver.add(segments + [Segment(self.status, 1, True)])
-        kick_and_wait(self.bench.kick_fds[0], self.bench.call_fds[0], self.driver, 1)
+        kick_and_wait(self.bench.backend.kick_fds[0], self.bench.backend.call_fds[0], self.driver, 1)
         self.served += 1
         return memory.read(self.status, 1)[0]
 
