@@ -3,6 +3,7 @@
     vmboot-assets firmware [--flavour release|debug]   CloudHv firmware (both flavours are built)
     vmboot-assets unicorn                              the patched Unicorn wheel
     vmboot-assets guest                                guest disk images for boot tests
+    vmboot-assets nested                               the nested-KVM rig: patched QEMU and the L1 Linux
 
 Paths go to stdout, progress to stderr. Results are cached under
 ~/.cache/vmboot (or $VMBOOT_CACHE), keyed by their inputs.
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     fw.add_argument("--flavour", choices=("release", "debug"), default="release")
     sub.add_parser("unicorn", help="build the patched Unicorn 2.1.4 wheel")
     sub.add_parser("guest", help="build the guest disk images (esp.img, data.img, guest.json); boot copies of them")
+    sub.add_parser("nested", help="build the nested-KVM rig: the patched QEMU 7.2 and the L1 kernel and initramfs")
     args = p.parse_args(argv)
     try:
         if args.what == "firmware":
@@ -33,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "guest":
             from .guest import guest_dir
             print(guest_dir())
+        elif args.what == "nested":
+            from .l1_image import l1_dir
+            from .qemu_build import qemu_path
+            print(qemu_path())
+            print(l1_dir())
     except VmbootError as err:
         print(f"vmboot-assets: {err}", file=sys.stderr)
         return 1

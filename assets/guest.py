@@ -9,7 +9,7 @@
 - ``guest.json``: the manifest (file names and sizes, the pattern's digest, package versions).
 
 The guest (assets/guest_files/init) prints one ``VMBOOT-GUEST`` line (its ACPI tables,
-disks, RTC and clocksource), checks and prints the pattern's digest, writes ``HELLO_NAME``
+disks, RTC, clocksource and online CPUs), checks and prints the pattern's digest, writes ``HELLO_NAME``
 to the data disk and powers off through ACPI; ``parse_console()`` reads its report back.
 
 A boot writes to the data disk, so never boot the cached images (they are read-only): boot
@@ -115,7 +115,8 @@ def fresh_copy(dest_dir: Path, source: Path | None = None) -> GuestImages:
 # ---------------------------------------------------------------- what the guest reports
 
 GUEST_LINE = re.compile(r"VMBOOT-GUEST acpi=(?P<acpi>\S*) disks=(?P<disks>\S*) "
-                        r"rtc=(?P<rtc>none|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) clocksource=(?P<clocksource>\S+)")
+                        r"rtc=(?P<rtc>none|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) clocksource=(?P<clocksource>\S+)"
+                        r"(?: cpus=(?P<cpus>\S+))?")
 DATA_LINE = re.compile(r"VMBOOT-DATA sha256=(?P<sha256>[0-9a-f]{64})")
 WROTE_LINE = re.compile(r"VMBOOT-WROTE (?P<name>\S+)")
 FAIL_LINE = re.compile(r"VMBOOT-FAIL (?P<reason>.*)")
@@ -127,6 +128,7 @@ class GuestReport:
     disks: dict[str, int] | None  # virtio disk name -> size in bytes
     rtc: str | None  # "YYYY-MM-DD HH:MM:SS", or "none" when the guest found no RTC
     clocksource: str | None
+    cpus: str | None  # /sys/devices/system/cpu/online: "0", "0-1"
     data_sha256: str | None
     wrote: str | None
     failures: list[str]
@@ -147,6 +149,7 @@ def parse_console(text: str) -> GuestReport:
         disks=disks,
         rtc=guest["rtc"] if guest else None,
         clocksource=guest["clocksource"] if guest else None,
+        cpus=guest["cpus"] if guest else None,
         data_sha256=data["sha256"] if data else None,
         wrote=wrote["name"] if wrote else None,
         failures=[m["reason"] for m in FAIL_LINE.finditer(text)],
@@ -243,27 +246,50 @@ def kernel_dependency(depends: str) -> str:
     return match["name"] + (f"={match['version']}" if match["version"] else "")
 
 
+@dataclass(frozen=True)
+class KernelTree:
+    """Debian's kernel package (and others) unpacked into ``root``, with a modules.dep made."""
+    root: Path
+    release: str  # 6.1.0-NN-amd64
+    vmlinuz: Path
+    moddir: Path
+    debs: list[Path]  # the packages fetched, the metapackage first
+
+    def load_order(self, wanted: tuple[str, ...]) -> list[str]:
+        return module_load_order((self.moddir / "modules.dep").read_text(), wanted)
+
+    def packages(self) -> dict[str, str]:
+        return {_field(deb, "Package"): _field(deb, "Version") for deb in self.debs}
+
+
+def unpack_kernel(work: Path, others: tuple[str, ...]) -> KernelTree:
+    """Download Debian's current 6.1 kernel and the packages ``others`` into ``work``, and unpack them."""
+    debs, root = work / "debs", work / "root"
+    apt = PrivateApt(work / "apt")
+    meta = _fetch(apt, KERNEL_METAPACKAGE, debs)
+    kernel_deb = _fetch(apt, kernel_dependency(_field(meta, "Depends")), debs)
+    packages = [meta, kernel_deb] + [_fetch(apt, name, debs) for name in others]
+    progress("unpacking them")
+    for deb in packages[1:]:
+        output(["dpkg-deb", "-x", str(deb), str(root)])
+    release = _field(kernel_deb, "Package").removeprefix("linux-image-")
+    vmlinuz = root / "boot" / f"vmlinuz-{release}"
+    moddir = root / "lib" / "modules" / release
+    if not vmlinuz.is_file() or not moddir.is_dir():
+        raise VmbootError(f"{kernel_deb.name} holds no boot/vmlinuz-{release} and lib/modules/{release}")
+    # Debian's package ships no modules.dep (its postinst runs depmod): make one, in our tree.
+    output(["depmod", "-b", str(root), release])
+    return KernelTree(root, release, vmlinuz, moddir, packages)
+
+
 def _build(dest: Path) -> None:
     _check_tools()
     with tempfile.TemporaryDirectory(prefix="vmboot-guest-") as work:
         work = Path(work)
-        debs, root = work / "debs", work / "root"
         progress("downloading Debian's kernel, busybox-static and systemd-boot-efi")
-        apt = PrivateApt(work / "apt")
-        meta = _fetch(apt, KERNEL_METAPACKAGE, debs)
-        kernel_deb = _fetch(apt, kernel_dependency(_field(meta, "Depends")), debs)
-        packages = [meta, kernel_deb, _fetch(apt, BUSYBOX_PACKAGE, debs), _fetch(apt, STUB_PACKAGE, debs)]
-        progress("unpacking them")
-        for deb in packages[1:]:
-            output(["dpkg-deb", "-x", str(deb), str(root)])
-        release = _field(kernel_deb, "Package").removeprefix("linux-image-")
-        vmlinuz = root / "boot" / f"vmlinuz-{release}"
-        moddir = root / "lib" / "modules" / release
-        if not vmlinuz.is_file() or not moddir.is_dir():
-            raise VmbootError(f"{kernel_deb.name} holds no boot/vmlinuz-{release} and lib/modules/{release}")
-        # Debian's package ships no modules.dep (its postinst runs depmod): make one, in our tree.
-        output(["depmod", "-b", str(root), release])
-        order = module_load_order((moddir / "modules.dep").read_text(), MODULES)
+        kernel = unpack_kernel(work, (BUSYBOX_PACKAGE, STUB_PACKAGE))
+        root, release, vmlinuz, moddir = kernel.root, kernel.release, kernel.vmlinuz, kernel.moddir
+        order = kernel.load_order(MODULES)
 
         progress("making the initramfs and the unified kernel image")
         modules = {Path(path).name: (moddir / path).read_bytes() for path in order}
@@ -288,7 +314,7 @@ def _build(dest: Path) -> None:
             "cmdline": CMDLINE,
             "kernel_release": release,
             "modules": list(modules),
-            "packages": {_field(deb, "Package"): _field(deb, "Version") for deb in packages},
+            "packages": kernel.packages(),
         }
         (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         for name in (ESP_NAME, DATA_NAME):  # boot copies (fresh_copy), never these

@@ -119,18 +119,18 @@ def test_kernel_dependency_names_the_real_package():
 def test_parse_console_reads_the_report_through_kernel_noise():
     text = ("[    2.1] virtio_blk virtio1: [vdb] 32768 512-byte logical blocks\r\n"
             "VMBOOT-GUEST acpi=APIC,DSDT,FACP,SSDT1,SSDT2 disks=vda:33554432,vdb:16777216 "
-            "rtc=2024-02-29 23:59:58 clocksource=tsc-early\r\n"
+            "rtc=2024-02-29 23:59:58 clocksource=tsc-early cpus=0-1\r\n"
             "[    2.2] clocksource: Switched to clocksource tsc\r\n"
             f"VMBOOT-DATA sha256={'ab' * 32}\r\nVMBOOT-WROTE HELLO.TXT\r\n")
     report = guest.parse_console(text)
     assert report.acpi == ["APIC", "DSDT", "FACP", "SSDT1", "SSDT2"]
     assert report.disks == {"vda": 33554432, "vdb": 16777216}
-    assert (report.rtc, report.clocksource) == ("2024-02-29 23:59:58", "tsc-early")
+    assert (report.rtc, report.clocksource, report.cpus) == ("2024-02-29 23:59:58", "tsc-early", "0-1")
     assert (report.data_sha256, report.wrote, report.failures) == ("ab" * 32, "HELLO.TXT", [])
 
     failed = guest.parse_console("VMBOOT-GUEST acpi= disks= rtc=none clocksource=jiffies\n"
                                  "VMBOOT-FAIL no virtio disk holds PATTERN.BIN\n")
-    assert (failed.acpi, failed.disks, failed.rtc) == ([], {}, "none")
+    assert (failed.acpi, failed.disks, failed.rtc, failed.cpus) == ([], {}, "none", None)
     assert (failed.data_sha256, failed.wrote) == (None, None)
     assert failed.failures == ["no virtio disk holds PATTERN.BIN"]
     assert guest.parse_console("").acpi is None
@@ -142,7 +142,7 @@ def test_init_script_agrees_with_guest_py():
     assert f"/mnt/{guest.PATTERN_NAME}" in script
     assert f'echo "{guest.HELLO_TEXT.decode().rstrip()}" > /mnt/{guest.HELLO_NAME}' in script
     assert f'echo "VMBOOT-WROTE {guest.HELLO_NAME}"' in script
-    assert 'echo "VMBOOT-GUEST acpi=$acpi disks=$disks rtc=$rtc clocksource=$clocksource"' in script
+    assert 'echo "VMBOOT-GUEST acpi=$acpi disks=$disks rtc=$rtc clocksource=$clocksource cpus=$cpus"' in script
     assert script.count("VMBOOT-GUEST") == 2  # the comment and the one line it prints
     assert "poweroff -f" in script and "exec sh" not in script
 

@@ -1,6 +1,6 @@
-"""Boot time to the EFI shell's countdown: vmboot's emulate backend against QEMU TCG.
+"""Boot time to the EFI shell's countdown: vmboot against QEMU, on the emulate backend against TCG or on KVM.
 
-    .venv/bin/python bench/boot.py [--runs N] [--devices sandboxed|inproc ...] [--os]
+    .venv/bin/python bench/boot.py [--runs N] [--devices sandboxed|inproc ...] [--os] [--accel emulate|kvm]
 
 Each run is timed from process start to the first appearance of "startup.nsh"
 on the serial console (the line "Press ESC in 5 seconds to skip startup.nsh"):
@@ -8,6 +8,8 @@ on the serial console (the line "Press ESC in 5 seconds to skip startup.nsh"):
   once per --devices mode asked for;
 - QEMU:   qemu-system-x86_64 -accel tcg -M q35 -m 512 -bios /usr/share/ovmf/OVMF.fd
   (Debian's qemu-system-x86 and ovmf packages), serial on stdout.
+With --accel kvm, vmboot runs --accel kvm and QEMU -accel kvm (bench/kvm.py runs
+this inside the nested rig's L1, whose /dev/kvm is real).
 It prints every run, the medians, and the ratio to QEMU (target: <= 1.0).
 
 With --os, each run boots a real OS instead, to its end: the firmware boots the
@@ -31,7 +33,8 @@ from pathlib import Path
 
 MARKER = b"startup.nsh"
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
-QEMU = "QEMU 7.2 TCG + OVMF"
+QEMU_NAMES = {"emulate": "QEMU 7.2 TCG + OVMF", "kvm": "QEMU 7.2 KVM + OVMF"}
+QEMU_ACCEL = {"emulate": "tcg", "kvm": "kvm"}
 TIMEOUT = 120.0
 OS_TIMEOUT = 300.0
 OS_REPORT = b"VMBOOT-WROTE"  # the guest's last report line, before it powers off
@@ -72,20 +75,20 @@ def time_to_exit(cmd: list[str], disks_for_run) -> float:
     return elapsed
 
 
-def vmboot_cmd(firmware: Path, devices: str) -> list[str]:
-    return [sys.executable, "-m", "vmboot.core.cli", "--firmware", str(firmware), "--accel", "emulate",
+def vmboot_cmd(firmware: Path, devices: str, accel: str = "emulate") -> list[str]:
+    return [sys.executable, "-m", "vmboot.core.cli", "--firmware", str(firmware), "--accel", accel,
             "--devices", devices]
 
 
-def qemu_cmd(tmp: Path) -> list[str]:
+def qemu_cmd(tmp: Path, accel: str) -> list[str]:
     # OVMF keeps its variables in a writable copy of the firmware image.
     image = tmp / "OVMF.fd"
     shutil.copy(OVMF, image)
-    return ["qemu-system-x86_64", "-accel", "tcg", "-M", "q35", "-m", "512", "-bios", str(image),
+    return ["qemu-system-x86_64", "-accel", QEMU_ACCEL[accel], "-M", "q35", "-m", "512", "-bios", str(image),
             "-display", "none", "-serial", "stdio", "-monitor", "none", "-net", "none", "-no-reboot"]
 
 
-def os_contenders(firmware: Path, modes: list[str], tmp: Path) -> dict[str, tuple[list[str], object]]:
+def os_contenders(firmware: Path, modes: list[str], tmp: Path, accel: str) -> dict[str, tuple[list[str], object]]:
     """Each contender's command, and a function giving a run its disk arguments on fresh copies."""
     from vmboot.assets.guest import fresh_copy, guest_dir
     images = guest_dir()
@@ -99,9 +102,9 @@ def os_contenders(firmware: Path, modes: list[str], tmp: Path) -> dict[str, tupl
         return [arg for image in (disks.esp, disks.data)
                 for arg in ("-drive", f"file={image},if=virtio,format=raw")]
 
-    contenders = {f"vmboot emulate ({mode} devices)": (vmboot_cmd(firmware, mode) + ["--serial", "tty"],
+    contenders = {f"vmboot {accel} ({mode} devices)": (vmboot_cmd(firmware, mode, accel) + ["--serial", "tty"],
                                                         vmboot_disks) for mode in modes}
-    contenders[QEMU] = (qemu_cmd(tmp), qemu_disks)
+    contenders[QEMU_NAMES[accel]] = (qemu_cmd(tmp, accel), qemu_disks)
     return contenders
 
 
@@ -110,7 +113,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--devices", nargs="+", default=["sandboxed", "inproc"], choices=("sandboxed", "inproc"))
     p.add_argument("--os", action="store_true", help="boot the guest images' Linux to its power-off instead")
+    p.add_argument("--accel", choices=("emulate", "kvm"), default="emulate",
+                   help="emulate: vmboot's software CPU against QEMU TCG; kvm: both on /dev/kvm")
     args = p.parse_args()
+    qemu_name = QEMU_NAMES[args.accel]
     if shutil.which("qemu-system-x86_64") is None or not OVMF.exists():
         print("bench/boot.py needs qemu-system-x86 and ovmf (run ./dev setup)", file=sys.stderr)
         return 1
@@ -120,11 +126,11 @@ def main() -> int:
     tmp.mkdir()
     try:
         if args.os:
-            contenders = os_contenders(firmware, args.devices, tmp)
+            contenders = os_contenders(firmware, args.devices, tmp, args.accel)
         else:
-            contenders = {f"vmboot emulate ({mode} devices)": (vmboot_cmd(firmware, mode), None)
+            contenders = {f"vmboot {args.accel} ({mode} devices)": (vmboot_cmd(firmware, mode, args.accel), None)
                           for mode in args.devices}
-            contenders[QEMU] = (qemu_cmd(tmp), None)
+            contenders[qemu_name] = (qemu_cmd(tmp, args.accel), None)
         results: dict[str, list[float]] = {name: [] for name in contenders}
         for run in range(args.runs):  # interleaved, so drifts in machine load hit everyone alike
             for name, (cmd, disks) in contenders.items():
@@ -132,7 +138,7 @@ def main() -> int:
                 print(f"run {run + 1}: {name:<34} {results[name][-1]:6.3f} s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    qemu = statistics.median(results[QEMU])
+    qemu = statistics.median(results[qemu_name])
     what = "Linux from a virtio disk to its power-off" if args.os else "the shell's countdown line"
     print(f"\nboot to {what}, median of {args.runs} runs")
     for name, times in results.items():

@@ -124,20 +124,32 @@ def process_backend(supervisor: Supervisor, memory, kind: DeviceKind, name: str,
 
 
 class InterruptRelay:
-    """One thread that turns device call eventfds into guest interrupts."""
+    """One thread that turns device call eventfds into guest interrupts, for the fds the CPU
+    backend does not deliver itself (route(): KVM's irqfd takes the fd off this thread)."""
 
-    def __init__(self):
+    def __init__(self, cpu):
+        self.cpu = cpu
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._targets: dict[int, tuple[VirtioPciDevice, int]] = {}
         self._running = True
-        self._poller = select.poll()
-        self._poller.register(self._wake, select.POLLIN)
+        self._epoll = select.epoll()
+        self._epoll.register(self._wake, select.EPOLLIN)
         self._thread: threading.Thread | None = None
 
     def add(self, transport: VirtioPciDevice) -> None:
         for index, fd in enumerate(transport.backend.call_fds):
             self._targets[fd] = (transport, index)
-            self._poller.register(fd, select.POLLIN)
+            self._epoll.register(fd, select.EPOLLIN)
+
+    # The InterruptRoutes of every transport (core/pci/virtio_pci.py).
+    def route(self, fd: int, address: int, data: int) -> None:
+        if self.cpu.route_msi(fd, address, data):
+            self._epoll.modify(fd, 0)  # the kernel consumes it now: never wake for it
+
+    def unroute(self, fd: int) -> None:
+        self.cpu.unroute_msi(fd)
+        self._epoll.modify(fd, select.EPOLLIN)
+        os.eventfd_write(self._wake, 1)  # a signal that came as the route went: look at it
 
     def start(self) -> None:
         if self._targets and self._thread is None:
@@ -146,21 +158,26 @@ class InterruptRelay:
 
     def _run(self) -> None:
         while self._running:
-            for fd, _ in self._poller.poll():
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    continue
+            for fd, _ in self._epoll.poll():
                 if fd == self._wake:
-                    continue
-                transport, index = self._targets[fd]
-                transport.signal_queue(index)
+                    os.eventfd_read(fd)
+                    fds = list(self._targets)  # after unroute(): a signal may sit there unseen
+                else:
+                    fds = [fd]
+                for ready in fds:
+                    try:
+                        os.eventfd_read(ready)
+                    except BlockingIOError:
+                        continue
+                    transport, index = self._targets[ready]
+                    transport.signal_queue(index)
 
     def close(self) -> None:
         self._running = False
         os.eventfd_write(self._wake, 1)
         if self._thread is not None:
             self._thread.join(2)
+        self._epoll.close()
         os.close(self._wake)
 
 
@@ -172,7 +189,7 @@ class VirtioDevices:
         self.platform = platform
         self.cpu = cpu
         self.supervisor = supervisor
-        self.relay = InterruptRelay()
+        self.relay = InterruptRelay(cpu)
         self.backends: list = []
         self.fds: list[int] = []
         self._mappings: dict[VirtioPciDevice, object] = {}
@@ -196,7 +213,8 @@ class VirtioDevices:
         self.backends.append(backend)
         slot = self.platform.pci.free_slot()
         transport = VirtioPciDevice(backend, name, kind.virtio.pci_class, msi=self.cpu,
-                                    intx=self.cpu.irq_line(prt_gsi(slot, 0)), on_bar_moved=self._bar_moved)
+                                    intx=self.cpu.irq_line(prt_gsi(slot, 0)), on_bar_moved=self._bar_moved,
+                                    routes=self.relay)
         self.platform.pci.attach(slot, transport)
         self.relay.add(transport)
         return transport

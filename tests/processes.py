@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 NAMESPACES = ("user", "mnt", "pid", "ipc", "net")
@@ -89,3 +90,27 @@ def make_fat_disk(path: Path, size_mib: int = 8, files: dict[str, bytes] | None 
         subprocess.run(["mcopy", "-i", str(path), str(src), f"::/{name}"], check=True, capture_output=True)
         src.unlink()
     return path
+
+
+def wait_for_devices(core_pid: int, kinds: set[str], timeout: float = 30) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = device_processes(core_pid)
+        if set(found) >= kinds and all(status(pid).get("Seccomp") == "2" for pid in found.values()):
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"devices {kinds - set(device_processes(core_pid))} never came up sandboxed")
+
+
+def check_sandboxed(core_pid: int, kind: str, pid: int) -> None:
+    st = status(pid)
+    assert st["Seccomp"] == "2", f"{kind}: seccomp filter mode"
+    assert st["Seccomp_filters"] == "1", kind
+    assert st["NoNewPrivs"] == "1", kind
+    for cap in CAPABILITY_FIELDS:
+        assert int(st[cap], 16) == 0, f"{kind}: {cap} = {st[cap]}"
+    for ns in NAMESPACES:
+        assert namespace(pid, ns) != namespace(core_pid, ns), f"{kind} shares the core's {ns} namespace"
+    assert os.listdir(f"/proc/{pid}/root") == [], f"{kind} can see files"
+    targets = fd_targets(pid)
+    assert not any(t == "/dev/kvm" or t.startswith("anon_inode:kvm") for t in targets), f"{kind} holds {targets}"

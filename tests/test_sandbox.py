@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -13,36 +12,11 @@ from vmboot.devices import registry
 from .console import Console
 from .kernels import write_kernel
 from .processes import (
-    CAPABILITY_FIELDS, NAMESPACES, alive, comm, descendants, device_processes, fd_targets, make_fat_disk, namespace,
-    status,
+    alive, check_sandboxed, comm, descendants, device_processes, fd_targets, make_fat_disk, status, wait_for_devices,
 )
 
 DEVICES = {k.name for k in registry.kinds()}  # a disk among them: the test boots with one
 PLATFORM = {k.name for k in registry.kinds(registry.Attach.PLATFORM)}
-
-
-def wait_for_devices(core_pid: int, kinds: set[str], timeout: float = 30) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = device_processes(core_pid)
-        if set(found) >= kinds and all(status(pid).get("Seccomp") == "2" for pid in found.values()):
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"devices {kinds - set(device_processes(core_pid))} never came up sandboxed")
-
-
-def check_sandboxed(core_pid: int, kind: str, pid: int) -> None:
-    st = status(pid)
-    assert st["Seccomp"] == "2", f"{kind}: seccomp filter mode"
-    assert st["Seccomp_filters"] == "1", kind
-    assert st["NoNewPrivs"] == "1", kind
-    for cap in CAPABILITY_FIELDS:
-        assert int(st[cap], 16) == 0, f"{kind}: {cap} = {st[cap]}"
-    for ns in NAMESPACES:
-        assert namespace(pid, ns) != namespace(core_pid, ns), f"{kind} shares the core's {ns} namespace"
-    assert os.listdir(f"/proc/{pid}/root") == [], f"{kind} can see files"
-    targets = fd_targets(pid)
-    assert not any(t == "/dev/kvm" or t.startswith("anon_inode:kvm") for t in targets), f"{kind} holds {targets}"
 
 
 def test_devices_are_sandboxed_processes_while_the_shell_runs(firmware, tmp_path):

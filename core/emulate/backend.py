@@ -99,6 +99,12 @@ class EmulateBackend:
     def bind_ioeventfd(self, fd: int, address: int | None, previous: int | None) -> bool:
         return False  # no kernel help: the transport signals the kick eventfd itself
 
+    def route_msi(self, fd: int, address: int, data: int) -> bool:
+        return False  # no kernel help: the interrupt relay turns the call eventfd into msi()
+
+    def unroute_msi(self, fd: int) -> None:
+        pass
+
     def dma_written(self, gpa: int, length: int) -> None:
         """A device wrote guest memory behind the CPU's back (thread-safe)."""
         self._dma.append((gpa, length))

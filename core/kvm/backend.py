@@ -15,10 +15,19 @@ from ..vcpu.pagewalk import read_code
 from ..vcpu.runner import run_vcpu
 from ..vcpu.state import EntryState
 from ..vcpu.x87 import x87_instruction
+from .abi import lib
 from .cpuid import vcpu_cpuid
 from .system import Kvm, kvm_flavour
 from .vcpu import KvmVcpu, install_kick_handler
 from .vm import KvmVm
+
+# KVM_SET_GSI_ROUTING replaces the whole table, so it restates what KVM_CREATE_IRQCHIP set up
+# (virt/kvm/irqchip.c and arch/x86/kvm/irq_comm.c, kvm_setup_default_irq_routing): GSIs 0-15 on
+# both PICs and the IOAPIC, 16-23 on the IOAPIC. MSI routes take the GSIs after those.
+IOAPIC_PINS, PIC_PINS = 24, 8
+DEFAULT_ROUTES = [(gsi, lib.KVM_IRQCHIP_PIC_MASTER if gsi < PIC_PINS else lib.KVM_IRQCHIP_PIC_SLAVE, gsi % PIC_PINS)
+                  for gsi in range(2 * PIC_PINS)] + [(gsi, lib.KVM_IRQCHIP_IOAPIC, gsi) for gsi in range(IOAPIC_PINS)]
+FIRST_MSI_GSI = IOAPIC_PINS
 
 
 class KvmBackend:
@@ -46,6 +55,9 @@ class KvmBackend:
             raise
         self._threads: list[threading.Thread] = []
         self._irq_levels: dict[int, bool] = {}
+        self._routes_lock = threading.Lock()
+        self._msi_gsi: dict[int, int] = {}  # irqfd -> its GSI, for the VM's life
+        self._msi_routes: dict[int, tuple[int, int]] = {}  # GSI -> (address, data), while routed
         self.exit_counts: Counter[str] = Counter()
 
     def irq_line(self, gsi: int) -> Callable[[bool], None]:
@@ -57,6 +69,25 @@ class KvmBackend:
 
     def msi(self, address: int, data: int) -> None:
         self.vm.signal_msi(address, data)
+
+    def route_msi(self, fd: int, address: int, data: int) -> bool:
+        """Deliver every signal of eventfd ``fd`` as this MSI in the kernel (KVM_IRQFD on an MSI route)."""
+        with self._routes_lock:
+            gsi = self._msi_gsi.setdefault(fd, FIRST_MSI_GSI + len(self._msi_gsi))
+            assigned = gsi in self._msi_routes
+            self._msi_routes[gsi] = (address, data)
+            self.vm.set_gsi_routing(DEFAULT_ROUTES, self._msi_routes)
+            if not assigned:
+                self.vm.irqfd(fd, gsi)
+        return True
+
+    def unroute_msi(self, fd: int) -> None:
+        with self._routes_lock:
+            gsi = self._msi_gsi.get(fd)
+            if gsi is None or self._msi_routes.pop(gsi, None) is None:
+                return
+            self.vm.irqfd(fd, gsi, deassign=True)
+            self.vm.set_gsi_routing(DEFAULT_ROUTES, self._msi_routes)
 
     def bind_ioeventfd(self, fd: int, address: int | None, previous: int | None) -> bool:
         """Let KVM signal ``fd`` on a 2-byte MMIO write at ``address``, without an exit."""

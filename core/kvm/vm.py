@@ -54,6 +54,24 @@ class KvmVm:
         )
         ioctl(self.fd, lib.KVM_SIGNAL_MSI, msi)
 
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """Let KVM raise ``gsi`` (through the routing table) whenever ``fd`` is signalled."""
+        ioctl(self.fd, lib.KVM_IRQFD, ffi.new("struct kvm_irqfd *", {
+            "fd": fd, "gsi": gsi, "flags": lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0}))
+
+    def set_gsi_routing(self, chips: list[tuple[int, int, int]], msis: dict[int, tuple[int, int]]) -> None:
+        """Replace the whole routing table: (gsi, irqchip, pin) entries and {gsi: (address, data)} MSI entries."""
+        count = len(chips) + len(msis)
+        table = ffi.new("struct kvm_irq_routing *", {"nr": count, "entries": count})
+        for i, (gsi, chip, pin) in enumerate(chips):
+            e = table.entries[i]
+            e.gsi, e.type, e.u.irqchip.irqchip, e.u.irqchip.pin = gsi, lib.KVM_IRQ_ROUTING_IRQCHIP, chip, pin
+        for i, (gsi, (address, data)) in enumerate(sorted(msis.items()), start=len(chips)):
+            e = table.entries[i]
+            e.gsi, e.type = gsi, lib.KVM_IRQ_ROUTING_MSI
+            e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data = address & 0xFFFFFFFF, address >> 32, data
+        ioctl(self.fd, lib.KVM_SET_GSI_ROUTING, table)
+
     def ioeventfd(self, fd: int, addr: int, length: int, pio: bool, datamatch: int | None = None,
                   deassign: bool = False) -> None:
         flags = (lib.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (lib.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0)

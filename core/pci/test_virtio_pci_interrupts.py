@@ -121,3 +121,42 @@ def test_signal_for_a_queue_that_does_not_exist(dev, machine):
     start(dev)
     dev.signal_queue(5)
     assert machine.intx == [] and machine.msis == []
+
+
+# -- kernel routes (KVM's irqfd) ---------------------------------------------------------------------------
+
+
+class Routes:
+    """Records what the transport routes, as the interrupt relay would pass it to KVM."""
+
+    def __init__(self):
+        self.log = []
+
+    def route(self, fd, address, data):
+        self.log.append(("route", fd, address, data))
+
+    def unroute(self, fd):
+        self.log.append(("unroute", fd))
+
+
+def test_a_live_queue_with_an_unmasked_vector_is_routed_and_unrouted_while_masked(backend, machine):
+    from vmboot.abi.pci import PCI_CLASS_STORAGE_SCSI
+    from vmboot.core.pci.virtio_pci import VirtioPciDevice
+    routes = Routes()
+    dev = VirtioPciDevice(backend, "disk0", PCI_CLASS_STORAGE_SCSI, msi=machine, intx=machine.intx.append,
+                          on_bar_moved=lambda d, addr: None, routes=routes)
+    enable_msix(dev)
+    msix_entry(dev, 0, 0xFEE00000, 0x31)
+    msix_entry(dev, 1, 0xFEE01000, 0x32, masked=True)
+    assert routes.log == []  # no queue is live before DRIVER_OK
+    start(dev)
+    call0, call1 = backend.call_fds
+    assert routes.log == [("route", call0, 0xFEE00000, 0x31)]  # queue 1's vector is masked
+    msix_entry(dev, 1, 0xFEE01000, 0x32)
+    assert routes.log[-1] == ("route", call1, 0xFEE01000, 0x32)
+    del routes.log[:]
+    enable_msix(dev, maskall=True)  # Function Mask: nothing may reach the CPU past the pending bits
+    assert sorted(routes.log) == [("unroute", call0), ("unroute", call1)]
+    enable_msix(dev)
+    bar_write(dev, COMMON_DEVICE_STATUS, 1, 0)  # reset: the queues are gone
+    assert routes.log[-2:] == [("unroute", call0), ("unroute", call1)]

@@ -79,6 +79,14 @@ class InterruptSink(Protocol):
     def msi(self, address: int, data: int) -> None: ...
 
 
+class InterruptRoutes(Protocol):
+    """Who may deliver a queue's call eventfd as its MSI without us (KVM's irqfd)."""
+
+    def route(self, fd: int, address: int, data: int) -> None: ...
+
+    def unroute(self, fd: int) -> None: ...
+
+
 class _Queue:
     def __init__(self, max_size: int):
         self.max_size = max_size
@@ -93,8 +101,11 @@ class _Queue:
 
 class VirtioPciDevice:
     def __init__(self, backend: VirtioBackend, name: str, class_code: int, msi: InterruptSink,
-                 intx: Callable[[bool], None], on_bar_moved: Callable[["VirtioPciDevice", int | None], None]):
+                 intx: Callable[[bool], None], on_bar_moved: Callable[["VirtioPciDevice", int | None], None],
+                 routes: InterruptRoutes | None = None):
         self.backend = backend
+        self.routes = routes
+        self._routed: dict[int, tuple[int, int]] = {}  # queue -> the MSI its call eventfd is routed to
         self.name = name
         self.msi_sink = msi
         self.intx = intx
@@ -154,6 +165,7 @@ class VirtioPciDevice:
             control = self.msix_cap + 2  # Message Control: clearing Function Mask sends what is pending
             if offset < control + 2 and offset + len(data) > control:
                 self._deliver_pending()
+                self._update_routes()
 
     def _bar_changed(self) -> None:
         addr = self.config.bar_address(BAR_INDEX)
@@ -200,6 +212,7 @@ class VirtioPciDevice:
             elif region == MSIX_TABLE_OFFSET and off + len(data) <= len(self.msix_table):
                 self.msix_table[off : off + len(data)] = data
                 self._deliver_pending()
+                self._update_routes()
 
     def kick(self, index: int) -> None:
         """The driver notified queue ``index`` (what KVM's ioeventfd does without us)."""
@@ -248,6 +261,7 @@ class VirtioPciDevice:
             self.msix_config = value if value < self.msix_vectors else VIRTIO_MSI_NO_VECTOR
         elif off == COMMON_DEVICE_STATUS:
             self._set_status(value)
+            self._update_routes()
         elif off == COMMON_QUEUE_SELECT:
             self.queue_select = value
         elif q is None or self.status & VIRTIO_CONFIG_S_DRIVER_OK:
@@ -257,6 +271,7 @@ class VirtioPciDevice:
                 q.size = value
         elif off == COMMON_QUEUE_MSIX_VECTOR:
             q.msix_vector = value if value < self.msix_vectors else VIRTIO_MSI_NO_VECTOR
+            self._update_routes()
         elif off == COMMON_QUEUE_ENABLE:
             q.enabled = value == 1
         elif COMMON_QUEUE_DESC <= off < COMMON_QUEUE_DESC + 8:
@@ -304,6 +319,34 @@ class VirtioPciDevice:
             self.msix_pending |= 1 << vector
             return
         self.msi_sink.msi(addr_hi << 32 | addr_lo, data)
+
+    def _msix_target(self, vector: int) -> tuple[int, int] | None:
+        """(address, data) of ``vector`` if a message to it would be sent now, else None."""
+        if not self.msix_enabled or self.msix_masked or vector >= self.msix_vectors:
+            return None
+        entry = self.msix_table[vector * PCI_MSIX_ENTRY_SIZE:(vector + 1) * PCI_MSIX_ENTRY_SIZE]
+        addr_lo, addr_hi, data, ctrl = struct.unpack("<IIII", entry)
+        return None if ctrl & PCI_MSIX_ENTRY_CTRL_MASKBIT else (addr_hi << 32 | addr_lo, data)
+
+    def _update_routes(self) -> None:
+        """Keep each live queue's call eventfd routed to its MSI in the kernel, where the CPU backend can.
+
+        While a vector is masked (or MSI-X is off) the route is removed, so that the device's
+        signals reach signal_queue() and set the pending bit (PCI Local Bus 3.0, §6.8.2.9)."""
+        if self.routes is None:
+            return
+        for index, q in enumerate(self.queues):
+            live = self.status & VIRTIO_CONFIG_S_DRIVER_OK and q.enabled
+            target = self._msix_target(q.msix_vector) if live else None
+            if target == self._routed.get(index):
+                continue
+            fd = self.backend.call_fds[index]
+            if target is None:
+                del self._routed[index]
+                self.routes.unroute(fd)
+            else:
+                self._routed[index] = target
+                self.routes.route(fd, *target)
 
     def _deliver_pending(self) -> None:
         if not self.msix_enabled:
