@@ -97,7 +97,7 @@ def test_a_killed_stateless_device_is_restarted_mid_boot_on_kvm(l1, firmware):
 
 
 @pytest.mark.parametrize("cpus", [1, 2])
-def test_debian_guest_on_kvm_from_virtio_disks(l1, firmware, tmp_path, cpus):
+def test_debian_guest_on_kvm_from_virtio_disks(l1, firmware, cpus):
     images = guest_dir()
     manifest = load_manifest(images)
     seen = check(l1, "guest", "--firmware", str(firmware), "--images", str(images),
