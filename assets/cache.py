@@ -12,11 +12,14 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
+
+from vmboot.abi.errors import VmbootError
 
 
 def cache_root() -> Path:
@@ -74,3 +77,15 @@ def cached(kind: str, key: str, build: Callable[[Path], None]) -> Path:
 
 def progress(message: str) -> None:
     print(f"vmboot-assets: {message}", file=sys.stderr, flush=True)
+
+
+def build_step(what: str, args: list[str], cwd: Path, log: Path, env: dict | None = None) -> None:
+    """Run one step of building ``what``, its output appended to ``log``.
+
+    A failing step raises a VmbootError that quotes the log's last lines."""
+    with open(log, "ab") as out:
+        result = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if result.returncode:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise VmbootError(f"{what} build step '{' '.join(args)}' failed (status {result.returncode}); "
+                          f"last lines of {log}:\n" + "\n".join(tail))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from vmboot.abi.errors import VmbootError
 
-from .cache import cached, digest, progress
+from .cache import build_step, cached, digest, progress
 from .debian import PrivateApt
 
 EDK2_PACKAGE = "edk2"
@@ -55,15 +54,6 @@ def _check_tools() -> None:
         raise VmbootError(f"building the firmware needs {', '.join(missing)} (run the setup in the README)")
 
 
-def _run(args: list[str], cwd: Path, log: Path) -> None:
-    with open(log, "ab") as out:
-        result = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise VmbootError(f"firmware build step '{' '.join(args)}' failed (status {result.returncode}); "
-                          f"last lines of {log}:\n" + "\n".join(tail))
-
-
 def _build(dest: Path) -> None:
     _check_tools()
     jobs = str(os.cpu_count() or 2)
@@ -75,14 +65,14 @@ def _build(dest: Path) -> None:
         apt.source(EDK2_PACKAGE, EDK2_VERSION, work)
         dsc = next(work.glob(f"{EDK2_PACKAGE}_*.dsc"))
         src = work / "src"
-        _run(["dpkg-source", "--no-check", "-x", dsc.name, str(src)], work, log)
-        _run(["patch", "-R", "-p1", "-i", REVERSED_PATCH], src, log)
+        build_step("firmware", ["dpkg-source", "--no-check", "-x", dsc.name, str(src)], work, log)
+        build_step("firmware", ["patch", "-R", "-p1", "-i", REVERSED_PATCH], src, log)
         progress("building EDK2's BaseTools")
-        _run(["make", "-C", "BaseTools", f"-j{jobs}"], src, log)
+        build_step("firmware", ["make", "-C", "BaseTools", f"-j{jobs}"], src, log)
         for flavour in FLAVOURS:
             progress(f"building CloudHv firmware ({flavour}); about a minute and a half")
-            _run(["bash", "-c", f". ./edksetup.sh >/dev/null && build -a X64 -t GCC5 -b {flavour} "
-                                f"-p {PLATFORM} -n {jobs}"], src, log)
+            build = f". ./edksetup.sh >/dev/null && build -a X64 -t GCC5 -b {flavour} -p {PLATFORM} -n {jobs}"
+            build_step("firmware", ["bash", "-c", build], src, log)
             out = dest / flavour
             out.mkdir()
             shutil.copy2(src / "Build" / "CloudHvX64" / f"{flavour}_GCC5" / OUTPUT, out / "CLOUDHV.fd")

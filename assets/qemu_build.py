@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vmboot.abi.errors import VmbootError
 
-from .cache import cached, digest, progress
+from .cache import build_step, cached, digest, progress
 from .debian import PrivateApt
 
 QEMU_PACKAGE = "qemu"
@@ -54,15 +54,6 @@ def blob_args() -> list[str]:
     return [arg for d in BLOB_DIRS if os.path.isdir(d) for arg in ("-L", d)]
 
 
-def _run(args: list[str], cwd: Path, log: Path) -> None:
-    with open(log, "ab") as out:
-        result = subprocess.run(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise VmbootError(f"qemu build step '{' '.join(args[:2])} ...' failed (status {result.returncode}); "
-                          f"last lines of {log}:\n" + "\n".join(tail))
-
-
 def _build(dest: Path) -> None:
     missing = [tool for tool in BUILD_TOOLS if shutil.which(tool) is None]
     if missing:
@@ -74,16 +65,16 @@ def _build(dest: Path) -> None:
         PrivateApt(work / "apt").source(QEMU_PACKAGE, QEMU_VERSION, work)
         dsc = next(work.glob(f"{QEMU_PACKAGE}_*.dsc"))
         src = work / "src"
-        _run(["dpkg-source", "--no-check", "-x", dsc.name, str(src)], work, log)
+        build_step("qemu", ["dpkg-source", "--no-check", "-x", dsc.name, str(src)], work, log)
         for patch in patches():
             progress(f"applying {patch.name}")
-            _run(["patch", "-p1", "--forward", "-i", str(patch)], src, log)
+            build_step("qemu", ["patch", "-p1", "--forward", "-i", str(patch)], src, log)
         build = src / "build"
         build.mkdir()
         progress("configuring QEMU for x86_64 (TCG and VirtFS only)")
-        _run(["../configure", *CONFIGURE], build, log)
+        build_step("qemu", ["../configure", *CONFIGURE], build, log)
         progress("building qemu-system-x86_64 (about 2 minutes on 2 cores; cached afterwards)")
-        _run(["ninja", f"-j{os.cpu_count() or 2}", BINARY], build, log)
+        build_step("qemu", ["ninja", f"-j{os.cpu_count() or 2}", BINARY], build, log)
         shutil.copy2(build / BINARY, dest / BINARY)
     try:
         version = subprocess.run([str(dest / BINARY), "--version"], capture_output=True, text=True, timeout=30)
