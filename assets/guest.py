@@ -119,6 +119,7 @@ GUEST_LINE = re.compile(r"VMBOOT-GUEST acpi=(?P<acpi>\S*) disks=(?P<disks>\S*) "
                         r"(?: cpus=(?P<cpus>\S+))?")
 DATA_LINE = re.compile(r"VMBOOT-DATA sha256=(?P<sha256>[0-9a-f]{64})")
 WROTE_LINE = re.compile(r"VMBOOT-WROTE (?P<name>\S+)")
+IO_LINE = re.compile(r"VMBOOT-IO requests=(?P<requests>\S*)")
 FAIL_LINE = re.compile(r"VMBOOT-FAIL (?P<reason>.*)")
 
 
@@ -132,27 +133,33 @@ class GuestReport:
     data_sha256: str | None
     wrote: str | None
     failures: list[str]
+    requests: dict[str, int] | None = None  # virtio disk name -> block requests it completed
+
+
+def _named_counts(items: str) -> dict[str, int]:
+    """ "vda:1,vdb:2" -> {"vda": 1, "vdb": 2} """
+    out = {}
+    for item in filter(None, items.split(",")):
+        name, _, value = item.partition(":")
+        out[name] = int(value)
+    return out
 
 
 def parse_console(text: str) -> GuestReport:
     """Read the guest's VMBOOT- lines out of its console output (None for a line it never printed)."""
     text = text.replace("\r", "")
     guest, data, wrote = GUEST_LINE.search(text), DATA_LINE.search(text), WROTE_LINE.search(text)
-    disks = None
-    if guest:
-        disks = {}
-        for item in filter(None, guest["disks"].split(",")):
-            name, _, size = item.partition(":")
-            disks[name] = int(size)
+    io = IO_LINE.search(text)
     return GuestReport(
         acpi=guest["acpi"].split(",") if guest and guest["acpi"] else ([] if guest else None),
-        disks=disks,
+        disks=_named_counts(guest["disks"]) if guest else None,
         rtc=guest["rtc"] if guest else None,
         clocksource=guest["clocksource"] if guest else None,
         cpus=guest["cpus"] if guest else None,
         data_sha256=data["sha256"] if data else None,
         wrote=wrote["name"] if wrote else None,
         failures=[m["reason"] for m in FAIL_LINE.finditer(text)],
+        requests=_named_counts(io["requests"]) if io else None,
     )
 
 

@@ -121,17 +121,19 @@ def test_parse_console_reads_the_report_through_kernel_noise():
             "VMBOOT-GUEST acpi=APIC,DSDT,FACP,SSDT1,SSDT2 disks=vda:33554432,vdb:16777216 "
             "rtc=2024-02-29 23:59:58 clocksource=tsc-early cpus=0-1\r\n"
             "[    2.2] clocksource: Switched to clocksource tsc\r\n"
-            f"VMBOOT-DATA sha256={'ab' * 32}\r\nVMBOOT-WROTE HELLO.TXT\r\n")
+            f"VMBOOT-DATA sha256={'ab' * 32}\r\nVMBOOT-WROTE HELLO.TXT\r\n"
+            "VMBOOT-IO requests=vda:41,vdb:117\r\n")
     report = guest.parse_console(text)
     assert report.acpi == ["APIC", "DSDT", "FACP", "SSDT1", "SSDT2"]
     assert report.disks == {"vda": 33554432, "vdb": 16777216}
     assert (report.rtc, report.clocksource, report.cpus) == ("2024-02-29 23:59:58", "tsc-early", "0-1")
     assert (report.data_sha256, report.wrote, report.failures) == ("ab" * 32, "HELLO.TXT", [])
+    assert report.requests == {"vda": 41, "vdb": 117}
 
     failed = guest.parse_console("VMBOOT-GUEST acpi= disks= rtc=none clocksource=jiffies\n"
                                  "VMBOOT-FAIL no virtio disk holds PATTERN.BIN\n")
     assert (failed.acpi, failed.disks, failed.rtc, failed.cpus) == ([], {}, "none", None)
-    assert (failed.data_sha256, failed.wrote) == (None, None)
+    assert (failed.data_sha256, failed.wrote, failed.requests) == (None, None, None)
     assert failed.failures == ["no virtio disk holds PATTERN.BIN"]
     assert guest.parse_console("").acpi is None
 
@@ -144,6 +146,7 @@ def test_init_script_agrees_with_guest_py():
     assert f'echo "VMBOOT-WROTE {guest.HELLO_NAME}"' in script
     assert 'echo "VMBOOT-GUEST acpi=$acpi disks=$disks rtc=$rtc clocksource=$clocksource cpus=$cpus"' in script
     assert script.count("VMBOOT-GUEST") == 2  # the comment and the one line it prints
+    assert 'echo "VMBOOT-IO requests=$io"' in script
     assert "poweroff -f" in script and "exec sh" not in script
 
 
@@ -270,6 +273,7 @@ def test_qemu_boots_the_guest_which_checks_and_writes_the_data_disk(built, manif
     assert report.clocksource in ("tsc-early", "tsc", "hpet", "acpi_pm", "kvm-clock", "refined-jiffies")
     assert report.data_sha256 == manifest["pattern"]["sha256"]
     assert report.wrote == "HELLO.TXT"
+    assert set(report.requests) == {"vda", "vdb"} and min(report.requests.values()) > 0
     assert "reboot: Power down" in console  # an ACPI power-off, not a reset
     assert "vda1" not in console  # the superfloppy shows no (fake) partition
     assert mtools_read(images.data, "HELLO.TXT") == b"hello from the vmboot guest\n"

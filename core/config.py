@@ -49,6 +49,7 @@ class VmConfig:
     disks: list[DiskSpec] = field(default_factory=list)
     devices: str = "sandboxed"
     seccomp: str = "kill"
+    virtio_eventfds: str = "kernel"
 
 
 def parse_kv(option: str, text: str, keys: tuple[str, ...]) -> dict[str, str]:
@@ -102,6 +103,10 @@ def build_parser() -> Parser:
                      help="run each device in its own sandboxed process (default), or in vmboot-core (debugging)")
     sec.add_argument("--seccomp", choices=("true", "false", "log"), default="true",
                      help="device seccomp filters: enforce (default), off, or log violations instead of killing")
+    vm.add_argument("--virtio-eventfds", choices=("kernel", "core"), default="kernel",
+                    help="on kvm, who carries virtio notifications and interrupts: the kernel (ioeventfd and "
+                         "irqfd, default) or vmboot-core's threads (a baseline for measurements); emulate is "
+                         "always core")
     out = p.add_argument_group("console and diagnostics")
     out.add_argument("--serial", default="tty", metavar="tty|file=PATH|off", help="COM1 (default tty)")
     out.add_argument("--debugcon", default="off", metavar="file=PATH|off",
@@ -136,6 +141,7 @@ def parse_args(argv: list[str]) -> VmConfig:
         debugcon=parse_output("--debugcon", args.debugcon, allow_tty=False),
         accel=args.accel, log_level=args.log_level, stats=args.stats, no_reboot=args.no_reboot,
         disks=disks, devices=args.devices, seccomp={"true": "kill", "false": "off", "log": "log"}[args.seccomp],
+        virtio_eventfds=args.virtio_eventfds,
     )
 
 

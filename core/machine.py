@@ -83,7 +83,8 @@ class Machine:
                 self.events, self.backend.irq_line, serial_out=console.write,
                 debug_out=self.debug_out.write if self.debug_out else None, supervisor=self.supervisor,
             )
-            self.virtio = VirtioDevices(self.memory, self.platform, self.backend, self.supervisor)
+            self.virtio = VirtioDevices(self.memory, self.platform, self.backend, self.supervisor,
+                                        kernel_eventfds=config.virtio_eventfds == "kernel")
             for index, disk in enumerate(config.disks):
                 self.virtio.add_disk(disk, index)
             rsdp = write_acpi_tables(self.memory, AcpiConfig(cpus=config.cpus))
@@ -112,7 +113,9 @@ class Machine:
         return events.stop
 
     def stats_report(self) -> str:
-        return report(self.clock, self.platform.ports, self.platform.mmio, self.backend.stats())
+        devices = self.supervisor.stats() if self.supervisor is not None else {}
+        return report(self.clock, self.platform.ports, self.platform.mmio,
+                      {**self.backend.stats(), **self.virtio.stats(), **devices})
 
     def close(self) -> None:
         if self.supervisor is not None:

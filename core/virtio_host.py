@@ -125,10 +125,12 @@ def process_backend(supervisor: Supervisor, memory, kind: DeviceKind, name: str,
 
 class InterruptRelay:
     """One thread that turns device call eventfds into guest interrupts, for the fds the CPU
-    backend does not deliver itself (route(): KVM's irqfd takes the fd off this thread)."""
+    backend does not deliver itself (route(): KVM's irqfd takes the fd off this thread, unless
+    ``kernel`` is false)."""
 
-    def __init__(self, cpu):
+    def __init__(self, cpu, kernel: bool = True):
         self.cpu = cpu
+        self.kernel = kernel
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._targets: dict[int, tuple[VirtioPciDevice, int]] = {}
         self._running = True
@@ -143,11 +145,12 @@ class InterruptRelay:
 
     # The InterruptRoutes of every transport (core/pci/virtio_pci.py).
     def route(self, fd: int, address: int, data: int) -> None:
-        if self.cpu.route_msi(fd, address, data):
+        if self.kernel and self.cpu.route_msi(fd, address, data):
             self._epoll.modify(fd, 0)  # the kernel consumes it now: never wake for it
 
     def unroute(self, fd: int) -> None:
-        self.cpu.unroute_msi(fd)
+        if self.kernel:
+            self.cpu.unroute_msi(fd)
         self._epoll.modify(fd, select.EPOLLIN)
         os.eventfd_write(self._wake, 1)  # a signal that came as the route went: look at it
 
@@ -184,12 +187,17 @@ class InterruptRelay:
 class VirtioDevices:
     """The machine's virtio devices: disks now, network later."""
 
-    def __init__(self, memory, platform, cpu, supervisor: Supervisor | None = None):
+    def __init__(self, memory, platform, cpu, supervisor: Supervisor | None = None, kernel_eventfds: bool = True):
+        """``kernel_eventfds``: let the CPU backend carry notifications and interrupts where it can
+        (KVM's ioeventfd and irqfd); when false, every kick is an exit and every interrupt goes
+        through the relay thread."""
         self.memory = memory
         self.platform = platform
         self.cpu = cpu
         self.supervisor = supervisor
-        self.relay = InterruptRelay(cpu)
+        self.kernel_eventfds = kernel_eventfds
+        self.relay = InterruptRelay(cpu, kernel_eventfds)
+        self.transports: list[VirtioPciDevice] = []
         self.backends: list = []
         self.fds: list[int] = []
         self._mappings: dict[VirtioPciDevice, object] = {}
@@ -217,6 +225,7 @@ class VirtioDevices:
                                     routes=self.relay)
         self.platform.pci.attach(slot, transport)
         self.relay.add(transport)
+        self.transports.append(transport)
         return transport
 
     def _bar_moved(self, dev: VirtioPciDevice, address: int | None) -> None:
@@ -227,7 +236,7 @@ class VirtioDevices:
             if address is not None:
                 self._mappings[dev] = self.platform.mmio.register(address, BAR_SIZE, dev, dev.name)
         previous = old.base if old is not None else None
-        for i, fd in enumerate(dev.backend.kick_fds):
+        for i, fd in enumerate(dev.backend.kick_fds if self.kernel_eventfds else ()):
             offset = NOTIFY_OFFSET + i * NOTIFY_OFF_MULTIPLIER
             self.cpu.bind_ioeventfd(fd, None if address is None else address + offset,
                                     None if previous is None else previous + offset)
@@ -235,6 +244,11 @@ class VirtioDevices:
 
     def start(self) -> None:
         self.relay.start()
+
+    def stats(self) -> dict[str, str]:
+        """The data path's work that reached the core's Python, per device (--stats)."""
+        return {f"virtio {t.name}": f"{t.kicks} kicks through MMIO exits, {t.interrupts} interrupts sent by the core"
+                for t in self.transports}
 
     def close(self) -> None:
         self.relay.close()

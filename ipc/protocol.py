@@ -19,10 +19,11 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 2  # 2: TEST (15) is gone
+PROTOCOL_VERSION = 3  # 2: TEST (15) is gone; 3: WRITES (18)
 MAX_MESSAGE_BYTES = 1 << 17  # 128 KiB: far above any legitimate message, below the socket buffers
 MAX_DATA_BYTES = 1 << 16  # bytes in one READ/WRITE/OUTPUT/INPUT
 MAX_FDS = 32  # descriptors passed with one message (SPAWN)
+MAX_WRITES, MAX_BATCHED_BYTES = 1024, 8  # writes in one WRITES message, and bytes in each (a bus access)
 
 
 class Msg(enum.IntEnum):
@@ -44,6 +45,7 @@ class Msg(enum.IntEnum):
     # Between the core and its device zygote (devices/process/zygote.py):
     SPAWN = 16  # core -> zygote: [SPAWN, seq, kind, options, fd names] + the fds  -> REPLY pid
     EXITED = 17  # zygote -> core: [EXITED, pid, returncode]      posted; returncode -N: killed by signal N
+    WRITES = 18  # [WRITES, [[window, offset, data], ...]]         posted; WRITEs in order (ipc/batch.py)
 
 
 class ProtocolError(Exception):
@@ -112,6 +114,15 @@ def _returncode(v: Any) -> bool:
 
 SEQ, WINDOW, OFFSET = _uint(32), _uint(8), _uint(32)
 
+
+BATCHED_DATA = _bytes(MAX_BATCHED_BYTES)
+
+
+def _writes(v: Any) -> bool:
+    return (type(v) is list and 0 < len(v) <= MAX_WRITES and
+            all(type(w) is list and len(w) == 3 and WINDOW(w[0]) and OFFSET(w[1]) and BATCHED_DATA(w[2]) for w in v))
+
+
 # What each message type must hold after its type tag, by direction.
 SCHEMA: dict[Msg, tuple] = {
     Msg.HELLO: (_uint(16), _any, _any),  # core: version, name, params; device: version, info (2 fields)
@@ -130,6 +141,7 @@ SCHEMA: dict[Msg, tuple] = {
     Msg.DMA: (_dma_list,),
     Msg.SPAWN: (SEQ, _text, _map, _names),
     Msg.EXITED: (_uint(32), _returncode),
+    Msg.WRITES: (_writes,),
 }
 
 

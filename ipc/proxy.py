@@ -1,8 +1,9 @@
 """The core's handle on a device process.
 
 ``DeviceProxy.window(n)`` is a bus device with the same read/write contract as
-an in-process model. Writes are posted. Reads are synchronous, after every
-write before them (the channel keeps order), except reads the device lets the
+an in-process model. Writes are posted, in batches (ipc/batch.py). Reads are
+synchronous, after every write before them (the batch goes first, and the
+channel keeps order), except reads the device lets the
 core answer itself (ipc/fastpath.py): a counter, or a mirror's copy from the
 device's last reply. If the device dies mid-call, the call waits for the
 supervisor to restart it and then tries once more; a device that stays dead
@@ -15,11 +16,13 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from typing import Callable
 
+from .batch import FLUSHER, HOLD_AGE, MAX_BATCH, Flusher
 from .channel import Channel, ChannelClosed
 from .fastpath import Copy, Counter, Mirror, parse_copies
-from .protocol import Msg, ProtocolError
+from .protocol import MAX_BATCHED_BYTES, Msg, ProtocolError
 
 log = logging.getLogger("vmboot.ipc")
 
@@ -32,8 +35,12 @@ class DeviceGone(Exception):
 
 
 class DeviceProxy:
-    def __init__(self, name: str):
+    def __init__(self, name: str, flusher: Flusher = FLUSHER):
         self.name = name
+        self.flusher = flusher
+        self._waiting: list[list] = []  # posted writes held: [window, offset, data]
+        self._held_since = 0.0  # when the first of them was written
+        self.polling = False  # the guest's last access was a read answered in the core
         self.lock = threading.RLock()
         self.ctl: Channel | None = None
         self.counters: list[Counter] = []
@@ -43,7 +50,7 @@ class DeviceProxy:
         self._alive = threading.Condition(self.lock)
         self.generation = 0  # bumps at every (re)start
         self.dead_for_good = False
-        self.stats = {"calls": 0, "posted": 0, "fast": 0}
+        self.stats = {"calls": 0, "posted": 0, "batches": 0, "fast": 0}
         self.on_hang: Callable[[], None] | None = None  # set by the supervisor: kill the hung device
 
     # -- wiring (by the supervisor) ---------------------------------------------------
@@ -59,6 +66,7 @@ class DeviceProxy:
     def detach(self, for_good: bool) -> None:
         with self.lock:
             self.ctl = None
+            self._waiting = []  # writes to a dead device are lost, as on a bus with nothing there
             self.copies = {}
             self.dead_for_good = for_good
             self._alive.notify_all()
@@ -80,7 +88,9 @@ class DeviceProxy:
                 ctl = self._channel()
                 seq = next(self._seq) & 0xFFFFFFFF
                 self.copies = {}  # a request may change what they mirror
+                self.polling = False
                 try:
+                    self._send_waiting(ctl)
                     ctl.send(kind, seq, *fields)
                     while True:
                         msg = ctl.recv(CALL_TIMEOUT)
@@ -109,20 +119,68 @@ class DeviceProxy:
         self.copies = {(m.window, m.offset, m.size): c for m, c in zip(self.mirrors, copies) if c is not None}
 
     def write(self, window: int, offset: int, data: bytes) -> None:
-        """A posted register write; it ends the copies it may change, in the same step."""
+        """A posted register write; it ends the copies it may change, in the same step. It waits
+        while the guest is polling the device (ipc/batch.py), else goes at once."""
         with self.lock:
             if self.copies:
                 self.copies = {key: c for key, c in self.copies.items()
                                if key[0] != window or not c.ended_by(offset, len(data))}
-            self.post(Msg.WRITE, window, offset, data)
+            polling, self.polling = self.polling, False
+            if len(data) > MAX_BATCHED_BYTES:
+                self.post(Msg.WRITE, window, offset, data)
+                return
+            self._waiting.append([window, offset, data])
+            now = time.monotonic()
+            if len(self._waiting) == 1:
+                self._held_since = now
+            if not polling or len(self._waiting) >= MAX_BATCH or now - self._held_since >= HOLD_AGE:
+                self.flush()
+            elif len(self._waiting) == 1:
+                self.flusher.schedule(self)
 
     def post(self, kind: Msg, *fields) -> None:
+        """A posted message, after the writes waiting before it."""
         with self.lock:
             try:
-                self._channel().send(kind, *fields)
-                self.stats["posted"] += 1
+                ctl = self._channel()
+                self._send_waiting(ctl)
+                ctl.send(kind, *fields)
+                if kind is Msg.WRITE:
+                    self.stats["posted"] += 1
             except (ChannelClosed, DeviceGone):
-                pass  # a posted write to a dead device is lost, as on a bus with nothing there
+                self._waiting = []  # posted to a dead device: lost, as on a bus with nothing there
+
+    def flush(self) -> None:
+        """Send the held writes now, waiting for the device's first start (or a restart), as
+        a posted message does."""
+        with self.lock:
+            try:
+                self._send_waiting(self._channel())
+            except (ChannelClosed, DeviceGone):
+                self._waiting = []
+
+    def flush_held(self) -> None:
+        """The Flusher's turn: send the held writes if the device is up; between two of its
+        lives, keep them for the next (as a posted write waits for the restart) and look again."""
+        with self.lock:
+            if self.ctl is None and not self.dead_for_good:
+                if self._waiting:
+                    self.flusher.schedule(self)
+                return
+            self.flush()
+
+    def _send_waiting(self, ctl: Channel) -> None:
+        """The waiting writes, as one message (a WRITE when there is one); they are gone from
+        here whether or not the send works."""
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, []
+        if len(waiting) == 1:
+            ctl.send(Msg.WRITE, *waiting[0])
+        else:
+            ctl.send(Msg.WRITES, waiting)
+        self.stats["posted"] += len(waiting)
+        self.stats["batches"] += 1
 
     def window(self, index: int) -> "WindowProxy":
         return WindowProxy(self, index)
@@ -140,12 +198,14 @@ class WindowProxy:
         copy = proxy.copies.get((self.index, offset, size))
         if copy is not None:
             proxy.stats["fast"] += 1
+            proxy.polling = True
             return copy.data
         for counter in proxy.counters:
             if counter.window == self.index:
                 data = counter.read(offset, size)
                 if data is not None:
                     proxy.stats["fast"] += 1
+                    proxy.polling = True
                     return data
         try:
             data = self.proxy.call(Msg.READ, self.index, offset, size)

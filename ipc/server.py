@@ -89,7 +89,7 @@ class DeviceServer:
             self._reject(None, str(err))
             return
         kind, fields = msg[0], msg[1:]
-        seq = fields[0] if kind not in (Msg.WRITE, Msg.SHUTDOWN, Msg.HELLO) and fields else None
+        seq = fields[0] if kind not in (Msg.WRITE, Msg.WRITES, Msg.SHUTDOWN, Msg.HELLO) and fields else None
         if seq is not None and not SEQ(seq):  # SNAPSHOT's field is checked loosely: it is also an event's
             self._reject(None, f"{kind.name}: invalid sequence number")
             return
@@ -101,6 +101,8 @@ class DeviceServer:
                 window, offset, data = fields
                 self._window(window).write(offset, data)
                 self.served.after_write(self.post)
+            elif kind is Msg.WRITES:
+                self._writes(fields[0])
             elif kind is Msg.SHUTDOWN:
                 self.running = False
             elif kind in (Msg.RESET, Msg.SNAPSHOT, Msg.RESTORE, Msg.INPUT, Msg.ACTIVATE):
@@ -110,10 +112,22 @@ class DeviceServer:
         except ChannelClosed:
             self.running = False
         except (ProtocolError, ValueError, KeyError, TypeError, IndexError, OSError) as err:
-            if kind is Msg.WRITE:  # posted: no call waits for it, so the refusal is an event
+            if kind in (Msg.WRITE, Msg.WRITES):  # posted: no call waits, so the refusal is an event
                 self._refuse_posted(f"{kind.name}: {err}")
             else:
                 self._reject(seq, f"{kind.name}: {err}")
+
+    def _writes(self, writes: list) -> None:
+        """A batch of posted writes (ipc/batch.py), each as its own WRITE: one refused is
+        refused alone, and the rest still happen, in order."""
+        try:
+            for window, offset, data in writes:
+                try:
+                    self._window(window).write(offset, data)
+                except (ProtocolError, ValueError, KeyError, TypeError, IndexError, OSError) as err:
+                    self._refuse_posted(f"WRITE: {err}")
+        finally:
+            self.served.after_write(self.post)
 
     def _reply(self, seq: int, payload) -> None:
         """A reply, with the copies of the device's mirrors as they are now (ipc/fastpath.py)."""

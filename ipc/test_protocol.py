@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vmboot.ipc.protocol import (
-    MAX_DATA_BYTES, MAX_FDS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SCHEMA, Msg, ProtocolError, decode, encode,
+    MAX_BATCHED_BYTES, MAX_DATA_BYTES, MAX_FDS, MAX_MESSAGE_BYTES, MAX_WRITES, PROTOCOL_VERSION, SCHEMA, Msg,
+    ProtocolError, decode, encode,
 )
 from vmboot.tests.wire import U32, U64, packed, rejected
 
@@ -32,7 +33,10 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 def test_limits():
-    assert PROTOCOL_VERSION == 2  # 2: the test message (15) is gone
+    assert PROTOCOL_VERSION == 3  # 2: the test message (15) is gone; 3: WRITES
+    assert (MAX_WRITES, MAX_BATCHED_BYTES) == (1024, 8)
+    # The largest batch fits in one message too.
+    assert len(encode(Msg.WRITES, [[255, U32 - 1, b"\xff" * 8]] * MAX_WRITES)) <= MAX_MESSAGE_BYTES
     assert MAX_MESSAGE_BYTES == 128 * 1024
     assert MAX_DATA_BYTES == 64 * 1024
     assert MAX_FDS == 32
@@ -45,7 +49,7 @@ def test_message_numbers_are_the_wire_values():
     assert {m.name: m.value for m in Msg} == {
         "HELLO": 1, "READ": 2, "WRITE": 3, "REPLY": 4, "ERROR": 5, "IRQ": 6, "RESET": 7, "SNAPSHOT": 8,
         "RESTORE": 9, "SHUTDOWN": 10, "OUTPUT": 11, "INPUT": 12, "ACTIVATE": 13, "DMA": 14,
-        "SPAWN": 16, "EXITED": 17,
+        "SPAWN": 16, "EXITED": 17, "WRITES": 18,
     }
 
 
@@ -55,7 +59,7 @@ def test_every_message_has_a_schema():
     assert arity == {
         Msg.HELLO: 3, Msg.READ: 4, Msg.WRITE: 3, Msg.REPLY: 2, Msg.ERROR: 2, Msg.IRQ: 2, Msg.RESET: 1,
         Msg.SNAPSHOT: 1, Msg.RESTORE: 2, Msg.SHUTDOWN: 0, Msg.OUTPUT: 2, Msg.INPUT: 2, Msg.ACTIVATE: 3,
-        Msg.DMA: 1, Msg.SPAWN: 4, Msg.EXITED: 2,
+        Msg.DMA: 1, Msg.SPAWN: 4, Msg.EXITED: 2, Msg.WRITES: 1,
     }
 
 
@@ -113,6 +117,7 @@ ROUND_TRIPS = [
                  id="SPAWN"),
     pytest.param((Msg.EXITED, 4242, 0), id="EXITED"),
     pytest.param((Msg.EXITED, U32 - 1, -9), id="EXITED-signal"),
+    pytest.param((Msg.WRITES, [[0, 0, b"h"], [0, 0, b"i"], [255, U32 - 1, b"\x00" * 8]]), id="WRITES"),
 ]
 
 
@@ -200,7 +205,7 @@ def test_an_empty_array_is_not_a_message():
     assert rejected(b"\x90") == "a message must be an array starting with its type"
 
 
-@pytest.mark.parametrize("number", [0, 18, 99, 255, -1, -32, U32, U64 - 1, -(1 << 63)])
+@pytest.mark.parametrize("number", [0, 15, 19, 99, 255, -1, -32, U32, U64 - 1, -(1 << 63)])
 def test_unknown_type(number):
     assert rejected(packed(number, 1)) == f"unknown message type {number}"
 
@@ -223,6 +228,7 @@ VALID = {
     Msg.INPUT: [1, b"x"],
     Msg.ACTIVATE: [1, 0, []],
     Msg.DMA: [[]],
+    Msg.WRITES: [[[0, 0, b"x"]]],
     Msg.SPAWN: [1, "rtc", {}, []],
     Msg.EXITED: [1, 0],
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmboot.ipc.protocol import MAX_DATA_BYTES, MAX_FDS, Msg, decode
+from vmboot.ipc.protocol import MAX_DATA_BYTES, MAX_FDS, MAX_WRITES, Msg, decode
 from vmboot.tests.wire import U32, U64, packed, rejected
 
 # (message after its type, the field that is wrong (1-based), type name in the error)
@@ -43,6 +43,17 @@ BAD_FIELDS = [
     (Msg.WRITE, [0, 0, [120]], 3, "list"),
     (Msg.WRITE, [0, 0, 120], 3, "int"),
     (Msg.WRITE, [0, 0, b"x" * (MAX_DATA_BYTES + 1)], 3, "bytes"),
+    # WRITES: 1 to MAX_WRITES writes, each [window, offset, bin of at most 8 bytes].
+    (Msg.WRITES, [[]], 1, "list"),
+    (Msg.WRITES, [[[0, 0, b"x"]] * (MAX_WRITES + 1)], 1, "list"),
+    (Msg.WRITES, [[[0, 0, b"x" * 9]]], 1, "list"),
+    (Msg.WRITES, [[[0, 0, "x"]]], 1, "list"),
+    (Msg.WRITES, [[[256, 0, b"x"]]], 1, "list"),
+    (Msg.WRITES, [[[0, U32, b"x"]]], 1, "list"),
+    (Msg.WRITES, [[[0, 0]]], 1, "list"),
+    (Msg.WRITES, [[[0, 0, b"x", 1]]], 1, "list"),
+    (Msg.WRITES, [[0, 0, b"x"]], 1, "list"),
+    (Msg.WRITES, [{"w": 1}], 1, "dict"),
     # REPLY: the seq is checked, the payload is anything.
     (Msg.REPLY, [U32, None], 1, "int"),
     (Msg.REPLY, ["1", None], 1, "str"),
@@ -155,6 +166,7 @@ def test_read_size_must_be_an_integer(size):
     (Msg.READ, [0, 0, 0, 4]),
     (Msg.READ, [0, 0, 0, 8]),
     (Msg.WRITE, [0, 0, b"\x00" * MAX_DATA_BYTES]),
+    (Msg.WRITES, [[[255, U32 - 1, b"\x00" * 8]] * MAX_WRITES]),
     (Msg.OUTPUT, [0, b"\x00" * MAX_DATA_BYTES]),
     (Msg.INPUT, [0, b"\x00" * MAX_DATA_BYTES]),
     (Msg.ERROR, [U64 - 1, "x" * 4096]),

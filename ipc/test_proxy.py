@@ -2,7 +2,7 @@
 
 Checked against the proxy's contract: a read is one ``[READ, seq, window,
 offset, size]`` and its reply, a write one posted ``[WRITE, window, offset,
-data]``; a counter the device declares fast (ipc/fastpath.py) is read from the
+data]`` (held in batches while the guest polls: test_batch.py); a counter the device declares fast (ipc/fastpath.py) is read from the
 clock with no message at all; a dead device is waited for across one restart,
 and one that is gone, hangs or answers nonsense reads as all ones instead of
 hanging the caller. The device is scripted: its replies are queued on the other
@@ -34,7 +34,7 @@ def test_a_read_is_one_request_and_its_reply(link):
     link.reply(Msg.REPLY, 1, b"\x12\x34")
     assert link.proxy.window(3).read(0x10, 2) == b"\x12\x34"
     assert link.received() == [[Msg.READ, 1, 3, 0x10, 2]]
-    assert link.proxy.stats == {"calls": 1, "posted": 0, "fast": 0}
+    assert link.proxy.stats == {"calls": 1, "posted": 0, "batches": 0, "fast": 0}
 
 
 def test_sequence_numbers_count_up_from_one(link):
@@ -48,7 +48,7 @@ def test_sequence_numbers_count_up_from_one(link):
 def test_a_write_is_posted_with_no_reply_awaited(link):
     link.proxy.window(2).write(7, bytearray(b"\xab\xcd"))
     assert link.received() == [[Msg.WRITE, 2, 7, b"\xab\xcd"]]  # bytes, whatever the caller passed
-    assert link.proxy.stats == {"calls": 0, "posted": 1, "fast": 0}
+    assert link.proxy.stats == {"calls": 0, "posted": 1, "batches": 1, "fast": 0}
 
 
 def test_writes_and_reads_reach_the_device_in_order(link):
@@ -60,6 +60,7 @@ def test_writes_and_reads_reach_the_device_in_order(link):
     window.write(3, b"c")
     assert link.received() == [[Msg.WRITE, 0, 0, b"a"], [Msg.WRITE, 0, 1, b"b"], [Msg.READ, 1, 0, 2, 1],
                                [Msg.WRITE, 0, 3, b"c"]]
+    assert link.flusher.scheduled == []  # the guest was not polling: nothing was held
 
 
 def test_call_returns_any_payload(link):
@@ -137,7 +138,7 @@ def test_a_counter_is_read_from_the_clock_with_no_message(frozen_clock):
         assert link.proxy.window(0).read(8, 4) == PM_BYTES
         assert link.proxy.window(0).read(9, 2) == bytes([0xED, 0x51])  # a part of it
         assert link.received() == []
-        assert link.proxy.stats == {"calls": 0, "posted": 0, "fast": 2}
+        assert link.proxy.stats == {"calls": 0, "posted": 0, "batches": 0, "fast": 2}
     finally:
         link.close()
 
@@ -251,11 +252,12 @@ def test_a_device_gone_for_good_answers_at_once(link, patient):
     start = time.monotonic()
     assert link.proxy.window(0).read(0, 4) == b"\xff" * 4
     link.proxy.window(0).write(0, b"x")  # lost, silently
+    link.flush()
     with pytest.raises(DeviceGone):
         link.proxy.call(Msg.RESET)
     assert time.monotonic() - start < 1.0
     assert link.received() == []
-    assert link.proxy.stats == {"calls": 0, "posted": 0, "fast": 0}
+    assert link.proxy.stats == {"calls": 0, "posted": 0, "batches": 0, "fast": 0}
 
 
 def test_detach_for_good_wakes_a_call_waiting_for_a_restart(link, patient):
@@ -281,5 +283,6 @@ def test_detach_for_good_wakes_a_call_waiting_for_a_restart(link, patient):
 def test_a_posted_write_to_a_dead_device_is_lost_quietly(link):
     link.dev.close()
     link.proxy.window(0).write(0, b"x")
+    link.flush()
     assert link.proxy.stats["posted"] == 0
     assert link.proxy.ctl is link.ctl  # a lost write does not decide that the device is dead

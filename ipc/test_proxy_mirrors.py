@@ -40,7 +40,7 @@ def test_a_reply_s_copy_answers_the_next_read_with_no_message(mirrored):
     window = mirrored.proxy.window(0)
     assert [window.read(5, 1) for _ in range(3)] == [b"\x60"] * 3
     assert mirrored.received() == []
-    assert mirrored.proxy.stats == {"calls": 1, "posted": 0, "fast": 3}
+    assert mirrored.proxy.stats == {"calls": 1, "posted": 0, "batches": 0, "fast": 3}
 
 
 def test_a_copy_answers_only_its_exact_register(mirrored):
@@ -86,7 +86,7 @@ def test_a_write_elsewhere_keeps_the_copy(mirrored, window, offset, data):
     mirrored.proxy.window(window).write(offset, data)
     assert mirrored.proxy.window(0).read(5, 1) == b"\x60"
     assert mirrored.received() == [[Msg.WRITE, window, offset, data]]
-    assert mirrored.proxy.stats == {"calls": 1, "posted": 1, "fast": 1}
+    assert mirrored.proxy.stats == {"calls": 1, "posted": 1, "batches": 1, "fast": 1}
 
 
 def test_the_copy_s_own_offsets_decide_not_the_mirror_s(mirrored):
@@ -243,7 +243,7 @@ def test_a_window_reads_and_writes_like_the_model():
         assert proxy.window(7).read(0, 2) == b"\xff\xff"  # a window the device lacks: refused
         assert w0.read(2, 1) == b"\x11"  # and it goes on
         assert device.windows[0].regs[:6] == bytearray(b"\x00\x00\x11\x22\x33\x00")
-        assert proxy.stats == {"calls": 4, "posted": 2, "fast": 0}
+        assert proxy.stats == {"calls": 4, "posted": 2, "batches": 2, "fast": 0}
 
 
 def test_a_mirror_served_end_to_end():
@@ -258,13 +258,13 @@ def test_a_mirror_served_end_to_end():
         assert window.read(5, 1) == b"\x60"  # the first goes to the device
         regs.regs[5] = 0x70  # behind the proxy's back: the copy is what the device said last
         assert window.read(5, 1) == b"\x60"
-        assert proxy.stats == {"calls": 1, "posted": 0, "fast": 1}
+        assert proxy.stats == {"calls": 1, "posted": 0, "batches": 0, "fast": 1}
         window.write(7, b"\x01")
         assert window.read(5, 1) == b"\x60"
         window.write(2, b"\x01")  # named: the copy ends
         assert window.read(5, 1) == b"\x70"
         assert window.read(5, 1) == b"\x70"
-        assert proxy.stats == {"calls": 2, "posted": 2, "fast": 3}
+        assert proxy.stats == {"calls": 2, "posted": 2, "batches": 1, "fast": 3}
 
 
 def next_output(evt: Channel) -> list:
@@ -284,8 +284,8 @@ def test_the_serial_line_status_through_the_proxy():
         for byte in b"ok\n":  # what Linux's console does: poll LSR, write THR
             assert uart.read(5, 1) == b"\x60"
             uart.write(0, bytes([byte]))
-        assert proxy.stats == {"calls": 1, "posted": 3, "fast": 3}
-        assert next_output(evt) == [Msg.OUTPUT, 0, b"ok\n"]
+        assert next_output(evt) == [Msg.OUTPUT, 0, b"ok\n"]  # the flusher's thread sent the batch
+        assert proxy.stats == {"calls": 1, "posted": 3, "batches": 1, "fast": 3}
         uart.write(4, b"\x10")  # MCR: loopback
         assert uart.read(5, 1) == b"\x60"
         assert proxy.stats["calls"] == 2
@@ -293,7 +293,7 @@ def test_the_serial_line_status_through_the_proxy():
         assert uart.read(5, 1) == b"\x61"
         assert uart.read(0, 1) == b"A"  # RBR, from the device
         assert uart.read(5, 1) == b"\x60"  # the reply to that read brought the new copy
-        assert proxy.stats == {"calls": 4, "posted": 5, "fast": 4}
+        assert proxy.stats == {"calls": 4, "posted": 5, "batches": 3, "fast": 4}
         assert proxy.call(Msg.INPUT, b"xy") == 2
         assert uart.read(5, 1) == b"\x61"
         assert proxy.stats["fast"] == 5

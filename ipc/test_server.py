@@ -54,13 +54,37 @@ def test_a_write_is_posted_and_the_next_read_sees_it():
         assert drain(link.ctl) == []  # the write itself got no answer
 
 
-def test_a_write_that_changes_state_posts_a_snapshot_event():
-    class Model(Registers):
-        def snapshot(self) -> dict:
-            return {"regs": bytes(self.regs)}
+class Stateful(Registers):
+    """Registers whose state is worth a snapshot."""
 
+    def snapshot(self) -> dict:
+        return {"regs": bytes(self.regs)}
+
+
+def test_a_batch_of_writes_happens_in_order_with_one_snapshot():
     def served_for(post):
-        model = Model(b"\x10\x11")
+        model = Stateful(b"\x10\x11\x12")
+        return served("stateful", {0: model, 2: Registers()}, state=model)
+    with serving(served_for) as (link, server, _):
+        link.ctl.send(Msg.WRITES, [[0, 1, b"\x99"], [2, 0, b"\x01"], [0, 1, b"\x98"], [0, 2, b"\x97"]])
+        assert link.evt.recv(JOIN_TIMEOUT) == [Msg.SNAPSHOT, {"regs": b"\x10\x98\x97"}]
+        assert request(link, Msg.READ, 1, 0, 1, 2) == [Msg.REPLY, 1, b"\x98\x97"]
+        assert server.served.windows[0].writes == [(1, b"\x99"), (1, b"\x98"), (2, b"\x97")]
+        assert server.served.windows[2].writes == [(0, b"\x01")]
+        assert drain(link.evt) == [] and drain(link.ctl) == []  # one snapshot for the batch, no answer
+
+
+def test_a_refused_write_in_a_batch_is_refused_alone():
+    with serving(plain) as (link, server, _):
+        link.ctl.send(Msg.WRITES, [[0, 0, b"a"], [9, 0, b"x"], [0, 1, b"b"]])
+        assert link.evt.recv(JOIN_TIMEOUT) == [Msg.ERROR, None, "WRITE: no register window 9"]
+        assert request(link, Msg.READ, 1, 0, 0, 2) == [Msg.REPLY, 1, b"ab"]
+        assert server.rejected == 1
+
+
+def test_a_write_that_changes_state_posts_a_snapshot_event():
+    def served_for(post):
+        model = Stateful(b"\x10\x11")
         return served("stateful", {0: model}, state=model)
     with serving(served_for) as (link, _, _):
         link.ctl.send(Msg.WRITE, 0, 1, b"\x99")

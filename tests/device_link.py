@@ -88,18 +88,40 @@ def serving(served_for):
         assert errors == []
 
 
+class HeldFlusher:
+    """A proxy's flusher that holds its posted writes until the test calls ``run()``
+    (ipc/batch.py's Flusher sends them a millisecond after the first)."""
+
+    def __init__(self):
+        self.scheduled: list = []
+
+    def schedule(self, target) -> None:
+        self.scheduled.append(target)
+
+    def run(self) -> None:
+        scheduled, self.scheduled = self.scheduled, []
+        for target in scheduled:
+            target.flush_held()
+
+
 class ProxyLink:
-    """A proxy attached to a channel whose device end the test plays."""
+    """A proxy attached to a channel whose device end the test plays; its posted writes wait
+    for ``flush()``."""
 
     def __init__(self, counters=(), mirrors=(), name="dev"):
         self.ctl, theirs = channel_pair()
         self.dev = Channel(theirs)
-        self.proxy = DeviceProxy(name)
+        self.flusher = HeldFlusher()
+        self.proxy = DeviceProxy(name, flusher=self.flusher)
         self.proxy.attach(self.ctl, list(counters), list(mirrors))
 
     def reply(self, *fields) -> None:
         """Queue what the device will answer next."""
         self.dev.send(*fields)
+
+    def flush(self) -> None:
+        """What the flusher's thread does a millisecond after the first waiting write."""
+        self.flusher.run()
 
     def received(self) -> list:
         """Every message the proxy has sent the device so far."""

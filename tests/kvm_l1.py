@@ -2,6 +2,7 @@
 
     python -m vmboot.tests.kvm_l1 shell --firmware FW [--devices D] [--cpus N] [--sandbox] [--kill KIND]
     python -m vmboot.tests.kvm_l1 guest --firmware FW --images DIR --work DIR [--devices D] [--cpus N]
+                                        [--virtio-eventfds kernel|core]
 
 Each prints what it saw as one ``VMBOOT-CHECK <json>`` line; the host's tests assert on it.
 """
@@ -22,6 +23,7 @@ from vmboot.tests.console import Console, plain
 from vmboot.tests.processes import check_sandboxed, device_processes, fd_targets, wait_for_devices
 
 COUNTDOWN, PROMPT = b"startup.nsh", b"Shell> "
+STATS_START = "boot phases (wall time):\n"  # the first line of --stats (core/stats.py)
 
 
 def report(result: dict) -> None:
@@ -78,14 +80,17 @@ def guest(args) -> dict:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "vmboot.core.cli", "--firmware", args.firmware, "--accel", "kvm",
-             "--devices", args.devices, "--cpus", f"boot={args.cpus}", "--disk", f"path={disks.esp}",
-             "--disk", f"path={disks.data}", "--serial", f"file={serial}"],
+             "--devices", args.devices, "--cpus", f"boot={args.cpus}", "--virtio-eventfds", args.virtio_eventfds,
+             "--disk", f"path={disks.esp}",
+             "--disk", f"path={disks.data}", "--serial", f"file={serial}", "--stats"],
             capture_output=True, text=True, timeout=args.timeout, stdin=subprocess.DEVNULL)
         rc, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as err:
         rc, stderr = None, f"timed out after {args.timeout} s; {err.stderr or ''}"
     hello = subprocess.run(["mtype", "-i", str(disks.data), "::/HELLO.TXT"], capture_output=True)
-    return {"rc": rc, "stderr": stderr, "elapsed_s": round(time.monotonic() - started, 2),
+    stderr, _, stats = stderr.partition(STATS_START)
+    return {"rc": rc, "stderr": stderr, "stats": STATS_START + stats if stats else "",
+            "elapsed_s": round(time.monotonic() - started, 2),
             "console": serial.read_text(errors="replace") if serial.exists() else "",
             "hello": hello.stdout.decode(errors="replace") if hello.returncode == 0 else None}
 
@@ -107,6 +112,7 @@ def main() -> None:
     g.add_argument("--images", required=True)
     g.add_argument("--work", required=True)
     g.add_argument("--timeout", type=float, default=300)
+    g.add_argument("--virtio-eventfds", default="kernel")
     args = p.parse_args()
     report(shell(args) if args.check == "shell" else guest(args))
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from vmboot.bench.kvm_exits import ROUND_TRIPS
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -52,3 +54,23 @@ def test_boot_bench_times_the_shell_and_a_linux_boot_against_qemu(firmware):
     assert re.search(r"^boot to Linux from a virtio disk to its power-off, median of 1 runs$", out, re.M), out
     for name in ("vmboot emulate \\(inproc devices\\)", "QEMU 7.2 TCG \\+ OVMF"):
         assert re.search(rf"^  {name} +[\d.]+ s   ratio to QEMU +[\d.]+x", out, re.M), out
+
+
+@pytest.mark.firmware
+@pytest.mark.nested
+def test_kvm_bench_runs_in_l1_against_qemu_on_kvm(firmware):
+    """bench/kvm.py boots its own L1; its shell and round-trip parts, small (the suite's other
+    nested tests check the virtio counts that its requests part prints)."""
+    proc = subprocess.run([sys.executable, str(BENCH / "kvm.py"), "--runs", "1", "--reads", "2000",
+                           "--parts", "shell", "round-trip"], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert re.search(r"^L1: VMBOOT-L1-READY svm=2 nested=1 npt=Y$", out, re.M), out
+    assert re.search(r"^boot to the shell's countdown line, median of 1 runs$", out, re.M), out
+    for name in ("vmboot kvm \\(sandboxed devices\\)", "vmboot kvm \\(inproc devices\\)", "QEMU 7.2 KVM \\+ OVMF"):
+        assert re.search(rf"^  {name} +[\d.]+ s   ratio to QEMU +[\d.]+x", out, re.M), out
+    assert re.search(r"^port read from a real-mode program on KVM, mean of 2000 reads$", out, re.M), out
+    rows = re.findall(r"^  (.+?) +([\d.]+) us$", out, re.M)
+    assert [name for name, _ in rows] == [name for name, _, _ in ROUND_TRIPS], out
+    assert all(float(us) > 0 for _, us in rows)

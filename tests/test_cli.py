@@ -57,6 +57,7 @@ def kernels(tmp_path_factory) -> dict[str, Path]:
     (("--firmware", "x", "--serial", "pty"), "--serial: 'pty' is not one of tty, file=PATH or off"),
     (("--firmware", "x", "--debugcon", "tty"), "--debugcon: 'tty' is not one of file=PATH or off"),
     (("--firmware", "x", "--accel", "tcg"), "argument --accel: invalid choice: 'tcg'"),
+    (("--firmware", "x", "--virtio-eventfds", "off"), "argument --virtio-eventfds: invalid choice: 'off'"),
     (("--firmware", "x", "--cmdline", "quiet"), "--initramfs and --cmdline go with --kernel"),
 ])
 def test_usage_errors(args, message):
@@ -223,6 +224,9 @@ def test_stats_report_exits_and_phases(kernels):
     assert "debugcon 0x0402-0x0402" in report
     assert "acpi-sleep 0x0600-0x0600" in report
     assert "total I/O exits: 2" in report
+    # Each sandboxed device's channel: the poweroff program writes the debug port once.
+    assert "device debugcon: 0 requests, 1 posted writes in 1 messages, 0 reads answered in the core" in report
+    assert "device pmtimer: 0 requests, 0 posted writes in 0 messages, 0 reads answered in the core" in report
 
 
 def test_serial_file_output(tmp_path, kernels):

@@ -198,7 +198,7 @@ def test_a_zygote_dies_with_its_client_and_takes_its_devices(root):
     code = ("import sys, time\n"
             "from tests.test_zygote import start_rtc\n"
             "from vmboot.core.supervisor.zygote import ZygoteClient\n"
-            f"z = ZygoteClient(); c, _, _ = start_rtc(z, {root!r})\n"
+            f"z = ZygoteClient(); c, ctl, evt = start_rtc(z, {root!r})\n"  # held: a closed channel ends it
             "print(z.process.pid, c.pid, flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO)
     pids = {int(p) for p in proc.stdout.readline().split()}

@@ -113,3 +113,4 @@ def test_notify_writes_the_queues_kick_eventfd(dev, backend):
     assert (backend.kicked(0), backend.kicked(1)) == (2, 0)
     bar_write(dev, NOTIFY_OFFSET + 8, 2, 2)  # no queue 2
     assert (backend.kicked(0), backend.kicked(1)) == (0, 0)
+    assert dev.kicks == 5  # every notification that came this way, as --stats counts them

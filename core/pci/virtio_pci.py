@@ -134,6 +134,9 @@ class VirtioPciDevice:
             self.msix_table[v * PCI_MSIX_ENTRY_SIZE + 12] = PCI_MSIX_ENTRY_CTRL_MASKBIT
         self.msix_pending = 0
         self.queues = [_Queue(backend.queue_max_size) for _ in range(backend.num_queues)]
+        # The data path's work that reached this code (the core's Python) rather than the kernel:
+        # notifications taken as MMIO exits, and queue interrupts sent from here (--stats).
+        self.kicks = self.interrupts = 0
         self._reset_transport()
 
     def _add_virtio_cap(self, cfg_type: int, offset: int, length: int, extra: bytes = b"") -> None:
@@ -216,6 +219,7 @@ class VirtioPciDevice:
 
     def kick(self, index: int) -> None:
         """The driver notified queue ``index`` (what KVM's ioeventfd does without us)."""
+        self.kicks += 1
         if 0 <= index < len(self.queues) and self.status & VIRTIO_CONFIG_S_DRIVER_OK:
             os.eventfd_write(self.backend.kick_fds[index], 1)
 
@@ -304,6 +308,7 @@ class VirtioPciDevice:
         with self.lock:
             if not 0 <= index < len(self.queues):
                 return
+            self.interrupts += 1
             if self.msix_enabled:
                 self._send_msix(self.queues[index].msix_vector)
             else:

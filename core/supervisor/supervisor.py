@@ -302,6 +302,15 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 log.warning("device %s did not die", device.name)
 
+    def stats(self) -> dict[str, str]:
+        """What went over each device's channel (--stats)."""
+        out = {}
+        for device in self.devices:
+            st = device.proxy.stats
+            out[f"device {device.name}"] = (f"{st['calls']} requests, {st['posted']} posted writes in "
+                                            f"{st['batches']} messages, {st['fast']} reads answered in the core")
+        return out
+
     def close(self) -> None:
         """Stop every device. A device reads SHUTDOWN after everything sent before it, and its
         events (the serial output of a guest's last words) are read until it hangs up."""

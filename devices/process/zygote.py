@@ -87,14 +87,13 @@ class Zygote:
         try:
             if msg[0] is not Msg.SPAWN:
                 raise ProtocolError(f"the zygote does not take {msg[0].name}")
-            pid = self._spawn(options(*msg[2:], fds))
+            reply = [Msg.REPLY, seq, self._spawn(options(*msg[2:], fds))]
         except ProtocolError as err:
-            self.ctl.send(Msg.ERROR, seq, str(err))
-            return
+            reply = [Msg.ERROR, seq, str(err)]
         finally:
             for fd in fds:
-                os.close(fd)  # the child has its copies
-        self.ctl.send(Msg.REPLY, seq, pid)
+                os.close(fd)  # the child has its copies; closed before the reply, which says they are
+        self.ctl.send(*reply)
 
     def _spawn(self, opts: process.Options) -> int:
         pid = os.fork()
