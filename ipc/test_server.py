@@ -144,12 +144,15 @@ def test_every_reply_carries_the_copies_not_only_reads(kind, fields, payload):
 
 
 def test_the_serial_line_status_travels_with_replies():
+    def copies(lsr: bytes, loopback: bool) -> list:  # LSR, then IER, MCR and MSR (devices/serial/kind.py)
+        mcr, msr = (b"\x10", b"\x00") if loopback else (b"\x08", b"\xb0")  # OUT2 at reset; DCD|DSR|CTS
+        return [[lsr, [2, 4, 0] if loopback else [2, 4]], [b"\x00", [1, 3]], [mcr, [4]], [msr, [4]]]
     with serving(lambda post: build(registry.get("serial"), "serial", {}, {}, post)) as (link, _, _):
-        assert request(link, Msg.READ, 1, 0, 5, 1) == [Msg.REPLY, 1, b"\x60", [[b"\x60", [2, 4]]]]
-        assert request(link, Msg.INPUT, 2, b"ok") == [Msg.REPLY, 2, 2, [[b"\x61", [2, 4]]]]
+        assert request(link, Msg.READ, 1, 0, 5, 1) == [Msg.REPLY, 1, b"\x60", copies(b"\x60", False)]
+        assert request(link, Msg.INPUT, 2, b"ok") == [Msg.REPLY, 2, 2, copies(b"\x61", False)]
         link.ctl.send(Msg.WRITE, 0, 4, b"\x10")  # loopback on
-        assert request(link, Msg.READ, 3, 0, 0, 1) == [Msg.REPLY, 3, b"o", [[b"\x61", [2, 4, 0]]]]
-        assert request(link, Msg.READ, 4, 0, 0, 1) == [Msg.REPLY, 4, b"k", [[b"\x60", [2, 4, 0]]]]
+        assert request(link, Msg.READ, 3, 0, 0, 1) == [Msg.REPLY, 3, b"o", copies(b"\x61", True)]
+        assert request(link, Msg.READ, 4, 0, 0, 1) == [Msg.REPLY, 4, b"k", copies(b"\x60", True)]
 
 
 # -- what is refused -------------------------------------------------------------------------------

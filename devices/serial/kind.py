@@ -13,7 +13,16 @@ def build(params: dict, fds: dict, host) -> Served:
     def line_status() -> list | None:
         value, invalidated_by = uart.line_status_copy()
         return None if value is None else [bytes((value,)), list(invalidated_by)]
-    return Served({0: uart}, state=uart, mirrors=[(Mirror(0, LSR, 1), line_status)], input=uart.receive)
+
+    def register(reg: int):
+        def copy() -> list:
+            value, invalidated_by = uart.register_copy(reg)
+            return [bytes((value,)), list(invalidated_by)]
+        return copy
+    # LSR, polled before every console byte; IER, which Linux's console reads for every message
+    # (to mask and restore it); MCR and MSR, which its driver reads to watch the modem lines.
+    mirrors = [(Mirror(0, LSR, 1), line_status)] + [(Mirror(0, reg, 1), register(reg)) for reg in Uart16550.PURE_READS]
+    return Served({0: uart}, state=uart, mirrors=mirrors, input=uart.receive)
 
 
 KIND = DeviceKind(

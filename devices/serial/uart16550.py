@@ -112,6 +112,15 @@ class Uart16550:
         # FCR resets the receive FIFO; MCR turns loopback on, after which THR writes are received.
         return lsr, (FCR, MCR, THR) if self.mcr & MCR_LOOP else (FCR, MCR)
 
+    # Registers whose reads change nothing, by the registers whose writes can change what they read:
+    # IER (or DLM, with DLAB set) by IER/DLM and LCR; MCR by itself; MSR, which has no delta bits
+    # here and follows MCR in loopback, by MCR.
+    PURE_READS = {IER: (IER, LCR), MCR: (MCR,), MSR: (MCR,)}
+
+    def register_copy(self, reg: int) -> tuple[int, tuple[int, ...]]:
+        """A register of PURE_READS as a read would return it now, and what ends that copy."""
+        return self._read_reg(reg), self.PURE_READS[reg]
+
     # -- host side ------------------------------------------------------------------
     def receive(self, data: bytes) -> int:
         """Queue bytes typed on the console; returns how many were accepted."""
