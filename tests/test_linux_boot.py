@@ -102,4 +102,6 @@ def test_the_devices_of_a_linux_boot_need_nothing_their_policies_refuse(firmware
     used = {n: proof.traced[n].used() for n in names}
     assert used["virtio_blk"]["preadv2"] > 100 and used["virtio_blk"]["pwritev2"] > 0  # the guest's write
     assert proof.traced["virtio_blk"].files == 2
-    assert used["serial"]["sendto"] > 1000  # the kernel's console, a message per byte or line
+    # The kernel's console went through the traced device: an OUTPUT event at least per line
+    # (about 350 of them; the bytes of a line come in batches, and LSR, IER, MCR and MSR are mirrored).
+    assert used["serial"]["sendto"] > 300
