@@ -57,10 +57,11 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def cached(kind: str, key: str, build: Callable[[Path], None]) -> Path:
-    """Return the cache directory for (kind, key), calling ``build(tmpdir)`` to fill it if absent."""
+def cached(kind: str, key: str, build: Callable[[Path], None], fill: bool = True) -> Path:
+    """Return the cache directory for (kind, key), calling ``build(tmpdir)`` to fill it if absent;
+    with ``fill`` false, only where it is or would be (to look without building)."""
     final = cache_root() / kind / key
-    if final.is_dir():
+    if final.is_dir() or not fill:
         return final
     with _locked(cache_root() / kind / f".{key}.lock"):
         if final.is_dir():

@@ -40,12 +40,7 @@ def firmware_path(flavour: str, build: bool = True) -> Path:
     flavour = flavour.upper()
     if flavour not in FLAVOURS:
         raise VmbootError(f"firmware flavour must be one of {', '.join(FLAVOURS).lower()}")
-    if build:
-        root = cached("firmware", firmware_key(), _build)
-    else:
-        from .cache import cache_root
-        root = cache_root() / "firmware" / firmware_key()
-    return root / flavour / "CLOUDHV.fd"
+    return cached("firmware", firmware_key(), _build, fill=build) / flavour / "CLOUDHV.fd"
 
 
 def _check_tools() -> None:

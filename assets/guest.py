@@ -32,7 +32,7 @@ from pathlib import Path
 from vmboot.abi.errors import VmbootError
 
 from .bootimage import CpioEntry, cpio_newc, make_fat, make_uki, output
-from .cache import cache_root, cached, digest, file_sha256, progress
+from .cache import cached, digest, file_sha256, progress
 from .debian import PrivateApt
 
 MiB = 1 << 20
@@ -83,9 +83,7 @@ def guest_key() -> str:
 
 def guest_dir(build: bool = True) -> Path:
     """The directory holding esp.img, data.img and guest.json, building them first if needed."""
-    if build:
-        return cached("guest", guest_key(), _build)
-    return cache_root() / "guest" / guest_key()
+    return cached("guest", guest_key(), _build, fill=build)
 
 
 def load_manifest(directory: Path) -> dict:

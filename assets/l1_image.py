@@ -16,7 +16,7 @@ from pathlib import Path
 from vmboot.abi.errors import VmbootError
 
 from .bootimage import cpio_newc
-from .cache import cache_root, cached, digest, progress
+from .cache import cached, digest, progress
 from .guest import BUSYBOX_PACKAGE, BUSYBOX_PATH, initramfs_entries, unpack_kernel
 
 # kvm_amd: L1's /dev/kvm on the SVM that QEMU's TCG emulates; virtio_pci, 9p and
@@ -35,9 +35,7 @@ def l1_key() -> str:
 
 
 def l1_dir(build: bool = True) -> Path:
-    if build:
-        return cached("l1", l1_key(), _build)
-    return cache_root() / "l1" / l1_key()
+    return cached("l1", l1_key(), _build, fill=build)
 
 
 def _build(dest: Path) -> None:

@@ -44,10 +44,7 @@ def qemu_key() -> str:
 
 def qemu_path(build: bool = True) -> Path:
     """The patched qemu-system-x86_64, building it first if needed (about 2 minutes on 2 cores)."""
-    if build:
-        return cached("qemu", qemu_key(), _build) / BINARY
-    from .cache import cache_root
-    return cache_root() / "qemu" / qemu_key() / BINARY
+    return cached("qemu", qemu_key(), _build, fill=build) / BINARY
 
 
 def blob_args() -> list[str]:
