@@ -130,13 +130,15 @@ class DeviceProxy:
                 self.post(Msg.WRITE, window, offset, data)
                 return
             self._waiting.append([window, offset, data])
-            now = time.monotonic()
-            if len(self._waiting) == 1:
-                self._held_since = now
-            if not polling or len(self._waiting) >= MAX_BATCH or now - self._held_since >= HOLD_AGE:
-                self.flush()
-            elif len(self._waiting) == 1:
-                self.flusher.schedule(self)
+            if polling and len(self._waiting) < MAX_BATCH:
+                now = time.monotonic()  # only for a write that may be held
+                if len(self._waiting) == 1:
+                    self._held_since = now
+                    self.flusher.schedule(self)
+                    return
+                if now - self._held_since < HOLD_AGE:
+                    return
+            self.flush()
 
     def post(self, kind: Msg, *fields) -> None:
         """A posted message, after the writes waiting before it."""
