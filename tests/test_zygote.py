@@ -56,9 +56,21 @@ def start_rtc(zygote: ZygoteClient, root: str, kind: str = "rtc"):
 
 
 def device_of(child) -> int:
-    """The device: the one child of the reaper the zygote forked."""
-    children = open(f"/proc/{child.pid}/task/{child.pid}/children").read().split()
-    assert len(children) == 1
+    """The device: the one child of the reaper the zygote forked.
+
+    The kernel documents /proc/PID/task/TID/children as exact only for stopped
+    children, so an empty read is retried a little; a reaper that has ended
+    says how its device did."""
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            children = open(f"/proc/{child.pid}/task/{child.pid}/children").read().split()
+        except FileNotFoundError:
+            children = []
+        if children or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert len(children) == 1, f"the reaper has {children} as children; it ended with {child.poll()}"
     return int(children[0])
 
 
