@@ -4,6 +4,13 @@ In ``tty`` mode the guest's COM1 output goes to stdout and stdin goes to COM1.
 When stdin is a terminal it is put in raw mode (restored on every exit path) so
 that keys such as Ctrl-C reach the guest; ``Ctrl-a x`` quits, ``Ctrl-a Ctrl-a``
 sends a literal Ctrl-a, as in QEMU.
+
+Output is written as the device process sends it (a line at a time): a guest
+writes its UART a byte at a time, and a write(2) per byte to a pipe costs the
+reader a wake-up per byte too. So the in-core serial's bytes wait here by the
+device side's rule (devices/served.py): they go at the end of a line, at
+OUTPUT_BATCH bytes, or OUTPUT_DELAY after the first of them (a prompt, an
+echoed key), from one flusher thread. Watchers see every byte at once.
 """
 from __future__ import annotations
 
@@ -18,11 +25,15 @@ from pathlib import Path
 from typing import Callable
 
 from vmboot.abi.errors import VmbootError
+from vmboot.devices.served import OUTPUT_BATCH, OUTPUT_DELAY
+from vmboot.ipc.batch import Flusher
 
 CTRL_A = 0x01
 ESCAPE_HELP = b"\r\nC-a x    quit vmboot\r\nC-a C-a  send C-a\r\nC-a h    this help\r\n"
 
 log = logging.getLogger("vmboot.console")
+
+FLUSHER = Flusher(OUTPUT_DELAY)  # the partial lines of every console in the process
 
 
 class RawTerminal:
@@ -44,14 +55,18 @@ class RawTerminal:
 
 
 class SerialConsole:
-    def __init__(self, mode: str, path: Path | None = None, on_quit: Callable[[], None] = lambda: None):
+    def __init__(self, mode: str, path: Path | None = None, on_quit: Callable[[], None] = lambda: None,
+                 flusher: Flusher = FLUSHER):
         self.mode = mode
+        self.flusher = flusher
         self.on_quit = on_quit
         self._out_fd: int | None = None
         self._raw: RawTerminal | None = None
         self._deliver: Callable[[bytes], int] | None = None
         self._reader: threading.Thread | None = None
         self._watchers: list[Callable[[bytes], None]] = []
+        self._pending = bytearray()  # output not yet written (a partial line)
+        self._lock = threading.Lock()  # vCPU threads and the flusher write; in order
         if mode == "tty":
             self._out_fd = sys.stdout.fileno()
         elif mode == "file":
@@ -70,11 +85,30 @@ class SerialConsole:
     def write(self, data: bytes) -> None:
         for fn in self._watchers:
             fn(data)
-        if self._out_fd is not None:
-            try:
-                os.write(self._out_fd, data)
-            except (BrokenPipeError, BlockingIOError):
-                pass
+        if self._out_fd is None:
+            return
+        with self._lock:
+            self._pending += data
+            if b"\n" in data or len(self._pending) >= OUTPUT_BATCH:
+                self._emit()
+                return
+        self.flusher.schedule(self)
+
+    def flush_held(self) -> None:
+        """Write what waits (the flusher's call, and close's)."""
+        with self._lock:
+            self._emit()
+
+    def _emit(self) -> None:
+        data, fd = bytes(self._pending), self._out_fd
+        self._pending.clear()
+        if not data or fd is None:
+            return
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except (BrokenPipeError, BlockingIOError):
+            pass  # nobody reads, or will not soon: the guest does not wait for its console
 
     # -- host to guest -------------------------------------------------------------------
     def attach(self, deliver: Callable[[bytes], int]) -> None:
@@ -110,8 +144,9 @@ class SerialConsole:
                     if byte == CTRL_A or byte == ord("a"):
                         out.append(CTRL_A)
                     elif byte in (ord("h"), ord("?")):
-                        if self._out_fd is not None:
-                            os.write(self._out_fd, ESCAPE_HELP)
+                        with self._lock:  # after what the guest wrote; not for the watchers
+                            self._pending += ESCAPE_HELP
+                            self._emit()
                     continue
                 if byte == CTRL_A:
                     escape = True
@@ -128,12 +163,14 @@ class SerialConsole:
                 time.sleep(0.01)  # the guest has not drained its UART yet
 
     def close(self) -> None:
+        self.flush_held()
         if self._raw:
             self._raw.restore()
             self._raw = None
         if self.mode == "file" and self._out_fd is not None:
-            os.close(self._out_fd)
-            self._out_fd = None
+            with self._lock:
+                os.close(self._out_fd)
+                self._out_fd = None
 
 
 class CrLfHandler(logging.StreamHandler):
