@@ -164,5 +164,6 @@ def test_garbage_into_a_device_channel_is_rejected(raw, rejection):
         assert reply[0] is Msg.ERROR and reply[1] is None and reply[2].startswith(rejection), reply
         ctl.send(Msg.WRITE, 0, 0, b"\x0a")
         ctl.send(Msg.READ, 7, 0, 1, 1)
-        assert ctl.recv(10) == [Msg.REPLY, 7, b"\x26"]  # status register A: the same process serves on
+        # status register A, and the index port's copy: the same process serves on
+        assert ctl.recv(10) == [Msg.REPLY, 7, b"\x26", [[b"\xff", []]]]
         assert device.process.poll() is None and device.last_death is None

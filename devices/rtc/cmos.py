@@ -154,6 +154,12 @@ class CmosRtc:
         for i, value in enumerate(data):
             self._write_port(offset + i, value)
 
+    def index_copy(self) -> tuple[int, tuple[int, ...]]:
+        """The index port as a read returns it, and the ports whose writes change that: it is
+        write-only, so always 0xFF, whatever is written. The firmware's CMOS library reads it
+        before every access (to keep the NMI-disable bit), so the core answers it itself."""
+        return self._read_port(INDEX), ()
+
     def _read_port(self, port: int) -> int:
         if port == INDEX:
             return 0xFF  # the index register is write-only
