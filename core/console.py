@@ -5,12 +5,16 @@ When stdin is a terminal it is put in raw mode (restored on every exit path) so
 that keys such as Ctrl-C reach the guest; ``Ctrl-a x`` quits, ``Ctrl-a Ctrl-a``
 sends a literal Ctrl-a, as in QEMU.
 
-Output is written as the device process sends it (a line at a time): a guest
+Output is written a line at a time, as a device process sends it: a guest
 writes its UART a byte at a time, and a write(2) per byte to a pipe costs the
-reader a wake-up per byte too. So the in-core serial's bytes wait here by the
-device side's rule (devices/served.py): they go at the end of a line, at
-OUTPUT_BATCH bytes, or OUTPUT_DELAY after the first of them (a prompt, an
-echoed key), from one flusher thread. Watchers see every byte at once.
+reader a wake-up per byte too. So bytes wait here: they go at the end of a
+line or at OUTPUT_BATCH bytes, from the writer's thread, or PARTIAL_LINE_DELAY
+after the first of them (a prompt, an echoed key) from one flusher thread.
+That delay is longer than a device process's OUTPUT_DELAY (devices/served.py),
+whose wait is its poll loop's timeout and costs nothing: here it costs a
+thread's wake-up, and at 2 ms the flusher woke several times inside every line
+the kernel printed (its console writes about 80 bytes in 25 ms in the nested
+rig) and made the whole boot slower, not faster. Watchers see every byte at once.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from vmboot.abi.errors import VmbootError
-from vmboot.devices.served import OUTPUT_BATCH, OUTPUT_DELAY
+from vmboot.devices.served import OUTPUT_BATCH
 from vmboot.ipc.batch import Flusher
 
 CTRL_A = 0x01
@@ -33,7 +37,8 @@ ESCAPE_HELP = b"\r\nC-a x    quit vmboot\r\nC-a C-a  send C-a\r\nC-a h    this h
 
 log = logging.getLogger("vmboot.console")
 
-FLUSHER = Flusher(OUTPUT_DELAY)  # the partial lines of every console in the process
+PARTIAL_LINE_DELAY = 0.02  # seconds; too short for a person to see, longer than a kernel's line
+FLUSHER = Flusher(PARTIAL_LINE_DELAY)  # the partial lines of every console in the process
 
 
 class RawTerminal:

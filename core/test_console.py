@@ -34,7 +34,7 @@ def test_a_line_is_written_whole_at_its_newline(log_path):
 
 
 def test_a_partial_line_goes_after_a_short_wait(log_path):
-    console = SerialConsole("file", log_path)  # the real flusher, OUTPUT_DELAY after the first byte
+    console = SerialConsole("file", log_path)  # the real flusher, PARTIAL_LINE_DELAY after the first byte
     console.write(b"Shell> ")
     deadline = time.monotonic() + 5
     while log_path.read_bytes() != b"Shell> " and time.monotonic() < deadline:
