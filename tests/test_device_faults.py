@@ -16,8 +16,8 @@ from vmboot.core.supervisor.device import DeviceConfig
 from vmboot.core.supervisor.supervisor import Supervisor
 from vmboot.devices import registry
 from vmboot.ipc.protocol import Msg
-
 from vmboot.tests import fake_device
+
 from .console import Console
 from .processes import alive, descendants, device_processes, make_fat_disk, status
 
