@@ -78,6 +78,12 @@ class Copy:
         return any(offset <= o < offset + size for o in self.invalidated_by)
 
 
+def byte_copy(value: int | None, invalidated_by) -> list | None:
+    """A one-byte mirror's copy as a reply carries it (what ``parse_copies`` reads back):
+    the device model's (value, offsets whose writes end it), or None for no copy."""
+    return None if value is None else [bytes((value,)), list(invalidated_by)]
+
+
 def _integer(v: object) -> bool:
     return type(v) is int
 

@@ -14,7 +14,7 @@ import math
 import pytest
 
 from vmboot.ipc.fastpath import (
-    MAX_COUNTER_FREQUENCY, MAX_FAST_REGISTERS, Copy, Counter, Mirror, parse_copies, parse_fast_registers,
+    MAX_COUNTER_FREQUENCY, MAX_FAST_REGISTERS, Copy, Counter, Mirror, byte_copy, parse_copies, parse_fast_registers,
 )
 from vmboot.ipc.protocol import Msg, ProtocolError, decode, encode
 from vmboot.tests.fastpath_rig import LSR, PM
@@ -286,3 +286,9 @@ def test_one_malformed_copy_refuses_the_reply():
 def test_copy_size_is_the_mirror_of_its_position():
     # Sizes are checked against the mirror in the same position, not any mirror.
     assert refused_copies(MIRRORS, [[b"\x00\x00", []], [b"\x00", []]]) == BAD_COPY
+
+
+def test_a_one_byte_copy_is_encoded_as_parse_copies_reads_it():
+    mirrors = [Mirror(0, 5, 1), Mirror(0, 1, 1)]
+    assert parse_copies(mirrors, [byte_copy(0x60, (2, 4)), byte_copy(None, ())]) == [
+        Copy(b"\x60", frozenset({2, 4})), None]

@@ -2,20 +2,16 @@
 from vmboot.abi import layout
 from vmboot.devices.registry import DeviceKind, Restart, Window
 from vmboot.devices.served import Served
-from vmboot.ipc.fastpath import Mirror
+from vmboot.ipc.fastpath import Mirror, byte_copy
 
 from .cmos import INDEX, CmosRtc
 
 
 def build(params: dict, fds: dict, host) -> Served:
     rtc = CmosRtc(now_fn=host.wall_clock)
-
-    def index() -> list:
-        value, invalidated_by = rtc.index_copy()
-        return [bytes((value,)), list(invalidated_by)]
     # The data port is not mirrored: the clock registers, UIP and the flags (read to clear) change
     # on their own, and which register it reads is the guest's last index write.
-    return Served({0: rtc}, state=rtc, mirrors=[(Mirror(0, INDEX, 1), index)])
+    return Served({0: rtc}, state=rtc, mirrors=[(Mirror(0, INDEX, 1), lambda: byte_copy(*rtc.index_copy()))])
 
 
 KIND = DeviceKind(

@@ -2,7 +2,7 @@
 from vmboot.abi import layout
 from vmboot.devices.registry import DeviceKind, Restart, Window
 from vmboot.devices.served import Served
-from vmboot.ipc.fastpath import Mirror
+from vmboot.ipc.fastpath import Mirror, byte_copy
 
 from .uart16550 import LSR, Uart16550
 
@@ -10,18 +10,12 @@ from .uart16550 import LSR, Uart16550
 def build(params: dict, fds: dict, host) -> Served:
     uart = Uart16550(tx=host.console(0), irq=lambda level: host.irq(0, level))
 
-    def line_status() -> list | None:
-        value, invalidated_by = uart.line_status_copy()
-        return None if value is None else [bytes((value,)), list(invalidated_by)]
-
     def register(reg: int):
-        def copy() -> list:
-            value, invalidated_by = uart.register_copy(reg)
-            return [bytes((value,)), list(invalidated_by)]
-        return copy
+        return lambda: byte_copy(*uart.register_copy(reg))
     # LSR, polled before every console byte; IER, which Linux's console reads for every message
     # (to mask and restore it); MCR and MSR, which its driver reads to watch the modem lines.
-    mirrors = [(Mirror(0, LSR, 1), line_status)] + [(Mirror(0, reg, 1), register(reg)) for reg in Uart16550.PURE_READS]
+    mirrors = [(Mirror(0, LSR, 1), lambda: byte_copy(*uart.line_status_copy()))]
+    mirrors += [(Mirror(0, reg, 1), register(reg)) for reg in Uart16550.PURE_READS]
     return Served({0: uart}, state=uart, mirrors=mirrors, input=uart.receive)
 
 
